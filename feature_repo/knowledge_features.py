@@ -1,0 +1,77 @@
+"""Feast definitions for kar's knowledge vectors (one per user, one per item).
+
+Settings (vector dimension, TTL, lineage tags) come from ``kar_repo.json`` beside this
+file, written by ``kar.features.init_feature_repo`` and updated by ``kar.features.publish``.
+The offline side is a folder of Parquet part files per entity: each publish adds one
+file, earlier files stay (append-only), and point-in-time joins pick the right version.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_format import ParquetFormat
+from feast.types import Array, Float32
+
+REPO_DIR = Path(__file__).resolve().parent
+_SETTINGS_FILE = REPO_DIR / "kar_repo.json"
+SETTINGS: dict = json.loads(_SETTINGS_FILE.read_text()) if _SETTINGS_FILE.exists() else {}
+VECTOR_DIM = int(SETTINGS.get("vector_dim", 32))
+TTL = timedelta(seconds=int(SETTINGS.get("ttl_seconds", 0)))  # 0: valid until replaced
+LINEAGE = {str(k): str(v) for k, v in SETTINGS.get("lineage", {}).items()}
+TAGS = {"kar.vector_dim": str(VECTOR_DIM), **{f"kar.{k}": v for k, v in LINEAGE.items()}}
+
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A user")
+item = Entity(
+    name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="An item"
+)
+
+
+def _parquet_parts(name: str) -> FileSource:
+    # Absolute glob: the DuckDB offline store reads the path as given (not repo-relative).
+    return FileSource(
+        name=f"{name}_parquet",
+        path=str(REPO_DIR / "data" / name / "*.parquet"),
+        file_format=ParquetFormat(),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description=f"Parquet part files of {name}, one per publish",
+    )
+
+
+user_knowledge_source = _parquet_parts("user_knowledge")
+item_knowledge_source = _parquet_parts("item_knowledge")
+
+user_knowledge_push = PushSource(name="user_knowledge_push", batch_source=user_knowledge_source)
+item_knowledge_push = PushSource(name="item_knowledge_push", batch_source=item_knowledge_source)
+
+user_knowledge = FeatureView(
+    name="user_knowledge",
+    entities=[user],
+    ttl=TTL,
+    schema=[Field(name="user_knowledge_vector", dtype=Array(Float32))],
+    source=user_knowledge_push,
+    online=True,
+    tags={**TAGS, "kar.kind": "user_preference"},
+    description="LLM reasoning about the user's preferences, compressed by the KAR adaptor",
+)
+item_knowledge = FeatureView(
+    name="item_knowledge",
+    entities=[item],
+    ttl=TTL,
+    schema=[Field(name="item_knowledge_vector", dtype=Array(Float32))],
+    source=item_knowledge_push,
+    online=True,
+    tags={**TAGS, "kar.kind": "item_fact"},
+    description="LLM factual knowledge about the item, compressed by the KAR adaptor",
+)
+
+kar_ctr_knowledge = FeatureService(
+    name="kar_ctr_knowledge",
+    features=[user_knowledge, item_knowledge],
+    tags=TAGS,
+    description="Knowledge vectors for CTR models (user reasoning + item facts)",
+)

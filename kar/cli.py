@@ -1,0 +1,184 @@
+"""The ``kar`` command: a thin typer layer over :mod:`kar.pipeline`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="kar: LLM knowledge features for recommenders, published in Feast.\n\n"
+    "Stages, in order: init -> generate -> encode -> train -> publish -> evaluate; "
+    "`kar quickstart` runs them all on the demo.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Datasets: download MovieLens.", no_args_is_help=True)
+features_app = typer.Typer(help="Knowledge features in the Feast repository.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+console = Console()
+
+ProjectDir = typer.Option(Path("."), "--project", "-p", help="Project folder (with kar.yaml).")
+
+
+def _project(root: Path):
+    from kar.project import Project
+
+    return Project.load(root)
+
+
+def _run(fn, *args, **kwargs):
+    """Call a stage; turn kar's errors into one red line and exit code 1."""
+    from kar.errors import KarError
+
+    try:
+        return fn(*args, **kwargs)
+    except KarError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt as exc:
+        console.print("[yellow]interrupted[/yellow]: finished work is saved; rerun to resume.")
+        raise typer.Exit(130) from exc
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder to create the project in."),
+    users: int = typer.Option(200, help="Number of synthetic demo users."),
+    seed: int = typer.Option(0, help="Seed of the synthetic demo users."),
+    force: bool = typer.Option(False, help="Overwrite an existing kar.yaml."),
+) -> None:
+    """Create a project: demo dataset, scenario prompts, adaptor configs, Feast repository."""
+    from kar.pipeline import init_project
+
+    project = _run(init_project, directory, n_users=users, seed=seed, force=force)
+    console.print(f"created kar project in [bold]{project.root}[/bold] (settings: kar.yaml)")
+
+
+@app.command()
+def generate(
+    project: Path = ProjectDir,
+    limit: int = typer.Option(None, help="At most this many prompts per kind (for a trial)."),
+) -> None:
+    """Ask the LLM the user-preference and item-fact questions (resumable)."""
+    from kar.pipeline import run_generate
+
+    reports = _run(run_generate, _project(project), limit=limit)
+    for kind, report in reports.items():
+        console.print(f"{kind}: {report.summary()}")
+
+
+@app.command()
+def encode(project: Path = ProjectDir) -> None:
+    """Encode the answers into vectors (cached by text hash)."""
+    from kar.pipeline import run_encode
+
+    vectors = _run(run_encode, _project(project))
+    console.print(
+        f"encoded {vectors.users.height} users and {vectors.items.height} items "
+        f"into {vectors.dim}-dim vectors ({vectors.encoder_id})"
+    )
+
+
+@app.command()
+def train(project: Path = ProjectDir) -> None:
+    """Train the hybrid-expert adaptor with a backbone CTR model and export adapted vectors."""
+    from kar.pipeline import run_train
+
+    result = _run(run_train, _project(project))
+    console.print(
+        f"trained: valid AUC {result.valid_auc:.4f}, test AUC {result.test_auc:.4f} "
+        f"(best epoch {result.best_epoch})"
+    )
+
+
+@app.command()
+def publish(project: Path = ProjectDir) -> None:
+    """Publish the adapted vectors to Feast (offline Parquet, apply, materialise online)."""
+    from kar.pipeline import run_publish
+
+    report = _run(run_publish, _project(project))
+    console.print(f"published: {report}")
+
+
+@app.command()
+def evaluate(
+    project: Path = ProjectDir,
+    seeds: int = typer.Option(None, help="Number of seeds (default: kar.yaml)."),
+) -> None:
+    """AUC / LogLoss of each backbone with and without knowledge; markdown table + PNG."""
+    from kar.pipeline import run_evaluate
+
+    summary, md, png = _run(
+        run_evaluate, _project(project), seeds=list(range(seeds)) if seeds else None
+    )
+    console.print(md.read_text())
+    console.print(f"report: {md}\nplot:   {png}")
+
+
+@app.command()
+def quickstart(
+    directory: Path = typer.Argument(Path("."), help="Folder for the demo project."),
+    users: int = typer.Option(200, help="Number of synthetic demo users."),
+) -> None:
+    """Every stage on the demo: init, generate, encode, train, publish, evaluate, online read."""
+    from kar.pipeline import run_quickstart
+
+    _run(run_quickstart, directory, n_users=users, console=console)
+
+
+@features_app.command("list")
+def features_list(project: Path = ProjectDir) -> None:
+    """List the knowledge feature views of the project's Feast repository."""
+    from kar.features import list_knowledge_views
+
+    views = _run(list_knowledge_views, _project(project).feature_repo)
+    table = Table("feature view", "entities", "features", "tags")
+    for view in views:
+        table.add_row(
+            view["name"],
+            ", ".join(view["entities"]),
+            ", ".join(f"{f['name']}: {f['dtype']}" for f in view["features"]),
+            ", ".join(f"{k}={v}" for k, v in view["tags"].items()),
+        )
+    console.print(table)
+
+
+@features_app.command("online")
+def features_online(
+    user_id: str = typer.Argument(..., help="User id."),
+    item_ids: list[str] = typer.Argument(..., help="Candidate item ids."),
+    project: Path = ProjectDir,
+) -> None:
+    """Read the knowledge vectors of one user and candidate items from the online store."""
+    from kar.features import OnlineKnowledge
+
+    batch = _run(lambda: OnlineKnowledge(_project(project).feature_repo).get(user_id, item_ids))
+    console.print(f"user {user_id}: missing={batch.user_missing} vector[:6]={batch.user[:6]}")
+    for item_id, vec, missing in zip(item_ids, batch.items, batch.items_missing, strict=True):
+        console.print(f"item {item_id}: missing={bool(missing)} vector[:6]={vec[:6]}")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="movielens-100k | movielens-1m | movielens-latest-small"),
+    dest: Path = typer.Option(Path("data"), help="Folder to unpack into."),
+) -> None:
+    """Download a MovieLens dataset from GroupLens (needs network access)."""
+    from kar.data import fetch_dataset
+
+    path = _run(fetch_dataset, name, dest)
+    console.print(f"downloaded {name} to {path}")
+
+
+if __name__ == "__main__":
+    app()

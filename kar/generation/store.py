@@ -1,0 +1,282 @@
+"""The knowledge store: every LLM answer, keyed by the identity of the call (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from kar.errors import ConfigError, KarError
+from kar.records import GenerationOutput, PromptRecord, SamplingParams
+
+# (entity_type, entity_id, kind, prompt_hash): with model + sampling_key, one LLM call.
+CallKey = tuple[str, str, str, str]
+
+KEY_COLUMNS = ("entity_type", "entity_id", "kind", "prompt_hash", "model", "sampling_key")
+STATUSES = ("ok", "flagged")
+ANSWER_SCHEMA: dict[str, pl.DataType] = {
+    "entity_type": pl.String,
+    "entity_id": pl.String,
+    "kind": pl.String,
+    "scenario": pl.String,
+    "prompt_version": pl.String,
+    "prompt_hash": pl.String,
+    "model": pl.String,
+    "sampling_key": pl.String,
+    "answer": pl.String,
+    "context_text": pl.String,
+    "status": pl.String,
+    "flag_reason": pl.String,
+    "attempts": pl.Int64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "finish_reason": pl.String,
+    "as_of": pl.Datetime("us", "UTC"),
+    "created_at": pl.Datetime("us", "UTC"),
+}
+
+
+def call_key(prompt: PromptRecord) -> CallKey:
+    """The part of a call's identity that comes from the prompt."""
+    return (prompt.entity_type, prompt.entity_id, prompt.kind, prompt.prompt_hash)
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    """Aware UTC datetime; naive input is taken as UTC (kar's timestamps are UTC)."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _define_table(metadata: sa.MetaData, name: str) -> sa.Table:
+    big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid alias
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", big_id, primary_key=True, autoincrement=True),
+        sa.Column("entity_type", sa.String(16), nullable=False),
+        sa.Column("entity_id", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("scenario", sa.String(128), nullable=False),
+        sa.Column("prompt_hash", sa.String(64), nullable=False),
+        sa.Column("prompt_version", sa.String(64), nullable=False),
+        sa.Column("model", sa.String(255), nullable=False),
+        sa.Column("sampling_key", sa.String(64), nullable=False),
+        sa.Column("sampling_params", sa.Text, nullable=False),
+        sa.Column("prompt_text", sa.Text, nullable=False),
+        sa.Column("context_text", sa.Text, nullable=False),
+        sa.Column("answer", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("flag_reason", sa.String(64)),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("prompt_tokens", sa.Integer, nullable=False),
+        sa.Column("completion_tokens", sa.Integer, nullable=False),
+        sa.Column("finish_reason", sa.String(16), nullable=False),
+        sa.Column("as_of", sa.DateTime(timezone=True)),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint(*KEY_COLUMNS, name=f"uq_{name}_call"),
+        sa.CheckConstraint("status IN ('ok', 'flagged')", name=f"ck_{name}_status"),
+        sa.Index(f"ix_{name}_model_key", "model", "sampling_key", "kind"),
+        sa.Index(f"ix_{name}_scenario_kind", "scenario", "kind"),
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class KnowledgeStore:
+    """LLM answers in a SQL table (SQLite file by default, PostgreSQL at scale).
+
+    The unique key (entity_type, entity_id, kind, prompt_hash, model, sampling_key) is the
+    identity of an LLM call: writes are idempotent, so a rerun or a crash never repeats
+    or loses a call. ``url`` is any SQLAlchemy URL, or a plain path to a SQLite file.
+    """
+
+    def __init__(self, url: str | Path = "sqlite:///knowledge.db", table: str = "knowledge"):
+        url = str(url)
+        if "://" not in url:
+            url = f"sqlite:///{Path(url).expanduser()}"
+        try:
+            parsed = make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"knowledge store URL {url!r} is not a SQLAlchemy URL") from exc
+        self.url = parsed
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(parsed)
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.metadata = sa.MetaData()
+        self.table = _define_table(self.metadata, table)
+        try:
+            self.metadata.create_all(self.engine)
+        except sa.exc.OperationalError as exc:
+            raise KarError(
+                f"cannot open knowledge store {parsed.render_as_string(hide_password=True)}: "
+                f"{exc.orig}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"KnowledgeStore({self.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> KnowledgeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+    @staticmethod
+    def make_row(
+        prompt: PromptRecord,
+        output: GenerationOutput,
+        *,
+        model: str,
+        sampling_key: str,
+        params: SamplingParams,
+        status: str = "ok",
+        flag_reason: str | None = None,
+        attempts: int = 1,
+    ) -> dict[str, Any]:
+        """One store row: the answer plus its lineage. ``params``: what the answer used."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        return {
+            "entity_type": prompt.entity_type,
+            "entity_id": str(prompt.entity_id),
+            "kind": prompt.kind,
+            "scenario": prompt.scenario,
+            "prompt_hash": prompt.prompt_hash,
+            "prompt_version": prompt.prompt_version,
+            "model": model,
+            "sampling_key": sampling_key,
+            "sampling_params": json.dumps(asdict(params), sort_keys=True),
+            "prompt_text": json.dumps([dict(m) for m in prompt.messages], ensure_ascii=False),
+            "context_text": prompt.context_text,
+            "answer": output.text,
+            "status": status,
+            "flag_reason": flag_reason,
+            "attempts": attempts,
+            "prompt_tokens": output.prompt_tokens,
+            "completion_tokens": output.completion_tokens,
+            "finish_reason": output.finish_reason,
+            "as_of": _utc(prompt.as_of),
+        }
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows in one transaction; rows whose call key is already stored are ignored."""
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        rows = [{**row, "created_at": row.get("created_at") or now} for row in rows]
+        if self.dialect in ("sqlite", "postgresql"):
+            if self.dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(self.table).on_conflict_do_nothing(index_elements=list(KEY_COLUMNS))
+            with self.engine.begin() as conn:
+                conn.execute(stmt, rows)
+            return
+        with self.engine.begin() as conn:  # other databases: skip existing keys row by row
+            for row in rows:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(self.table.insert(), row)
+                except sa.exc.IntegrityError:
+                    continue
+
+    # -- reading ---------------------------------------------------------------------------
+    def done_keys(
+        self, prompts: Iterable[PromptRecord], model: str, sampling_key: str
+    ) -> set[CallKey]:
+        """Call keys of ``prompts`` already answered (ok or flagged) by ``model``/``sampling_key``.
+
+        One query over the (model, sampling_key, kind) index, intersected in Python.
+        """
+        wanted = {call_key(p) for p in prompts}
+        if not wanted:
+            return set()
+        t = self.table
+        kinds = sorted({key[2] for key in wanted})
+        stmt = sa.select(t.c.entity_type, t.c.entity_id, t.c.kind, t.c.prompt_hash).where(
+            t.c.model == model, t.c.sampling_key == sampling_key, t.c.kind.in_(kinds)
+        )
+        with self.engine.connect() as conn:
+            stored = {tuple(row) for row in conn.execute(stmt)}
+        return wanted & stored
+
+    def count(self, status: str | None = None) -> int:
+        """Number of stored answers (optionally of one status)."""
+        stmt = sa.select(sa.func.count()).select_from(self.table)
+        if status is not None:
+            stmt = stmt.where(self.table.c.status == status)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def answers(
+        self,
+        scenario: str | None = None,
+        kind: str | None = None,
+        model: str | None = None,
+        status: str | None = "ok",
+    ) -> pl.DataFrame:
+        """Latest answer per (entity_type, entity_id, kind), by as_of then created_at.
+
+        Filters apply first: with the default ``status="ok"`` a flagged answer is never
+        returned (the entity keeps its latest good answer, if any). ``status=None``: all.
+        """
+        t = self.table
+        conditions = []
+        for column, value in (("scenario", scenario), ("kind", kind), ("model", model)):
+            if value is not None:
+                conditions.append(t.c[column] == value)
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"status must be one of {STATUSES} or None, got {status!r}")
+            conditions.append(t.c.status == status)
+        rank = (
+            sa.func.row_number()
+            .over(
+                partition_by=(t.c.entity_type, t.c.entity_id, t.c.kind),
+                order_by=(t.c.as_of.desc().nulls_last(), t.c.created_at.desc(), t.c.id.desc()),
+            )
+            .label("rank")
+        )
+        columns = [t.c[name] for name in ANSWER_SCHEMA]
+        inner = sa.select(*columns, rank).where(*conditions).subquery()
+        stmt = (
+            sa.select(*[inner.c[name] for name in ANSWER_SCHEMA])
+            .where(inner.c.rank == 1)
+            .order_by(inner.c.entity_type, inner.c.kind, inner.c.entity_id)
+        )
+        with self.engine.connect() as conn:
+            rows = [
+                {**row._mapping, "as_of": _utc(row.as_of), "created_at": _utc(row.created_at)}
+                for row in conn.execute(stmt)
+            ]
+        return pl.DataFrame(rows, schema=ANSWER_SCHEMA)
+
+    def forget_flagged(self, model: str | None = None) -> int:
+        """Delete flagged answers so that the next run asks those prompts again."""
+        stmt = sa.delete(self.table).where(self.table.c.status == "flagged")
+        if model is not None:
+            stmt = stmt.where(self.table.c.model == model)
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)

@@ -1,0 +1,30 @@
+"""Model configurations (pydantic), FuxiCTR style: shared base fields + per-model extras."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelConfig(BaseModel):
+    """Fields every backbone shares: embedding size, deep tower, optimiser, early stopping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedding_dim: int = Field(16, ge=1)
+    mlp_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(1024, ge=1)
+    max_epochs: int = Field(20, ge=1)
+    patience: int = Field(2, ge=1)  # epochs without a better validation AUC before stopping
+
+
+class DeepFMConfig(ModelConfig):
+    """DeepFM: FM over field embeddings (knowledge vectors are fields too) + a deep tower."""
+
+
+class DINConfig(ModelConfig):
+    """DIN: attention over the behaviour sequence w.r.t. the target item."""
+
+    attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])

@@ -1,0 +1,321 @@
+"""CTR model inputs: ids -> indices, attributes, behaviour sequences, knowledge matrices.
+
+Index 0 is always padding / unknown. Id vocabularies are fitted on history + train only, so
+ids first seen in valid / test map to 0. Behaviour sequences hold the user's last
+``history_len`` positive items strictly before each sample's timestamp, over all interactions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from kar.data.schema import Dataset, Split
+from kar.errors import DataValidationError
+
+if TYPE_CHECKING:
+    import torch
+
+SPLITS = ("train", "valid", "test")
+SAMPLE_COLUMNS = ("user_id", "item_id", "timestamp", "label")
+
+
+def _vocab(values: pl.Series, name: str) -> pl.DataFrame:
+    """Sorted distinct non-null values -> index 1..n (0 is reserved for unknown)."""
+    distinct = values.drop_nulls().unique().sort()
+    return pl.DataFrame({name: distinct, f"{name}_idx": np.arange(1, len(distinct) + 1)})
+
+
+def _lookup(frame: pl.DataFrame, key: str, vocab: pl.DataFrame, out: str) -> pl.Series:
+    """Map ``frame[key]`` through ``vocab`` (key, key_idx); unknown -> 0."""
+    joined = frame.select(pl.col(key)).join(vocab, on=key, how="left", maintain_order="left")
+    return joined[f"{key}_idx"].fill_null(0).cast(pl.Int64).alias(out)
+
+
+def knowledge_matrix(
+    vectors: pl.DataFrame, vocab: pl.DataFrame, id_col: str, n_rows: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (n_rows, d) float32 matrix indexed like ``vocab``, and a missing flag per row."""
+    for col in ("entity_id", "vector"):
+        if col not in vectors.columns:
+            raise DataValidationError(f"{what} knowledge frame has no column", field=col)
+    dup = vectors.filter(pl.col("entity_id").is_duplicated())
+    if dup.height:
+        raise DataValidationError(
+            f"{what} knowledge has duplicate entity_id {dup['entity_id'][0]!r}", field="entity_id"
+        )
+    vec = vectors["vector"]
+    if isinstance(vec.dtype, pl.Array):
+        vec = vec.arr.to_list()
+    lengths = vec.list.len()
+    if vectors.height and (lengths.n_unique() != 1 or lengths[0] == 0):
+        bad = int((lengths != lengths[0]).arg_true()[0]) if lengths[0] else 0
+        raise DataValidationError(
+            f"{what} knowledge vectors have unequal or zero length (entity "
+            f"{vectors['entity_id'][bad]!r} has {lengths[bad]})",
+            row=bad + 1,
+            field="vector",
+        )
+    dim = int(lengths[0]) if vectors.height else 0
+    matrix = np.zeros((n_rows, dim), dtype=np.float32)
+    missing = np.ones(n_rows, dtype=np.float32)
+    keyed = pl.DataFrame({id_col: vectors["entity_id"].cast(pl.Utf8), "_v": vec}).join(
+        vocab, on=id_col, how="inner"
+    )
+    if keyed.height:
+        rows = keyed[f"{id_col}_idx"].to_numpy()
+        values = np.asarray(keyed["_v"].list.to_array(dim).to_numpy(), dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise DataValidationError(f"{what} knowledge has NaN/inf values", field="vector")
+        matrix[rows] = values
+        missing[rows] = 0.0
+    return matrix, missing
+
+
+def behaviour_sequences(
+    events: pl.DataFrame, samples: pl.DataFrame, item_idx: pl.Series, length: int
+) -> np.ndarray:
+    """(n_samples, length) item indices: each sample's user's last positives strictly before it.
+
+    ``events`` (user_id, timestamp, label, item_idx) are all interactions; sequences are
+    oldest-first and left-padded with 0. Vectorised with one searchsorted.
+    """
+    users = pl.concat([events["user_id"], samples["user_id"]]).unique().sort()
+    times = pl.concat([events["timestamp"], samples["timestamp"]]).unique().sort()
+    u_map = pl.DataFrame({"user_id": users, "_u": np.arange(len(users), dtype=np.int64)})
+    t_map = pl.DataFrame({"timestamp": times, "_t": np.arange(len(times), dtype=np.int64)})
+    span = len(times) + 1
+
+    def keys(frame: pl.DataFrame) -> np.ndarray:
+        coded = frame.join(u_map, on="user_id", how="left", maintain_order="left").join(
+            t_map, on="timestamp", how="left", maintain_order="left"
+        )
+        return coded["_u"].to_numpy() * span + coded["_t"].to_numpy()
+
+    positives = events.with_columns(item_idx.alias("_item")).filter(pl.col("label") == 1)
+    pos_keys = keys(positives)
+    order = np.argsort(pos_keys, kind="stable")
+    pos_keys = pos_keys[order]
+    pos_items = positives["_item"].to_numpy()[order]
+
+    sample_keys = keys(samples)
+    end = np.searchsorted(pos_keys, sample_keys, side="left")  # strictly before (user, ts)
+    start = np.searchsorted(pos_keys, (sample_keys // span) * span, side="left")  # user's first
+    idx = end[:, None] - length + np.arange(length)[None, :]
+    valid = idx >= start[:, None]
+    gathered = pos_items[np.clip(idx, 0, max(len(pos_items) - 1, 0))] if len(pos_items) else 0
+    return np.where(valid, gathered, 0).astype(np.int64)
+
+
+@dataclass
+class CTRFeatures:
+    """Everything a CTR model needs, as index arrays; build with :meth:`build`."""
+
+    users: pl.DataFrame  # user_id, user_id_idx
+    items: pl.DataFrame  # item_id, item_id_idx
+    user_attr_names: list[str]
+    user_attr_sizes: list[int]  # cardinality incl. index 0
+    item_attr_names: list[str]  # year_bucket, creator
+    item_attr_sizes: list[int]
+    n_genres: int  # incl. padding 0
+    history_len: int
+    arrays: dict[str, dict[str, np.ndarray]]  # split -> name -> array
+    samples: dict[str, pl.DataFrame]  # split -> user_id, item_id, timestamp, label
+    events: pl.DataFrame  # every interaction (history + splits): user_id, item_id, timestamp, label
+    user_knowledge: np.ndarray | None = None  # (n_users + 1, d)
+    item_knowledge: np.ndarray | None = None  # (n_items + 1, d)
+    user_missing: np.ndarray | None = None  # (n_users + 1,) 1.0 where no knowledge
+    item_missing: np.ndarray | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.users.height
+
+    @property
+    def n_items(self) -> int:
+        return self.items.height
+
+    @property
+    def has_knowledge(self) -> bool:
+        return self.user_knowledge is not None and self.item_knowledge is not None
+
+    @property
+    def knowledge_dim(self) -> int:
+        if not self.has_knowledge:
+            return 0
+        return int(self.user_knowledge.shape[1])  # type: ignore[union-attr]
+
+    def tensors(self, split: str) -> dict[str, torch.Tensor]:
+        """The split's arrays as torch tensors (labels float32, the rest int64)."""
+        import torch
+
+        if split not in self.arrays:
+            raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+        arrays = self.arrays[split]
+        return {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in arrays.items()}
+
+    def knowledge_tensors(self) -> dict[str, torch.Tensor]:
+        """user/item knowledge matrices and missing flags as tensors (empty if none)."""
+        import torch
+
+        if not self.has_knowledge:
+            return {}
+        return {
+            "user_knowledge": torch.from_numpy(self.user_knowledge),
+            "item_knowledge": torch.from_numpy(self.item_knowledge),
+            "user_missing": torch.from_numpy(self.user_missing),
+            "item_missing": torch.from_numpy(self.item_missing),
+        }
+
+    def without_knowledge(self) -> CTRFeatures:
+        """The same features with the knowledge matrices dropped."""
+        return CTRFeatures(
+            **{
+                **self.__dict__,
+                "user_knowledge": None,
+                "item_knowledge": None,
+                "user_missing": None,
+                "item_missing": None,
+            }
+        )
+
+    @classmethod
+    def build(
+        cls,
+        ds: Dataset,
+        split: Split,
+        history_len: int = 20,
+        knowledge_users: pl.DataFrame | None = None,
+        knowledge_items: pl.DataFrame | None = None,
+        top_creators: int = 500,
+    ) -> CTRFeatures:
+        """Index ``split`` for CTR training; knowledge frames are (entity_id, vector)."""
+        if history_len < 1:
+            raise ValueError("history_len must be >= 1")
+        if (knowledge_users is None) != (knowledge_items is None):
+            raise ValueError("give both knowledge_users and knowledge_items, or neither")
+        frames = {"history": split.history, **{s: getattr(split, s) for s in SPLITS}}
+        for name, frame in frames.items():
+            missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
+            if missing:
+                raise DataValidationError(f"split.{name} lacks column", field=missing[0])
+            if frame["label"].null_count():
+                row = int(frame["label"].is_null().arg_true()[0]) + 1
+                raise DataValidationError(f"split.{name} has a null label", row=row, field="label")
+        frames = {k: v.select(SAMPLE_COLUMNS).cast({"label": pl.Int8}) for k, v in frames.items()}
+        fit = pl.concat([frames["history"], frames["train"]])
+        users = _vocab(fit["user_id"], "user_id")
+        items = _vocab(fit["item_id"], "item_id")
+
+        # user attributes: every str column of the users table besides user_id
+        user_attr_names = [c for c in ds.users.columns if c != "user_id"]
+        user_table = ds.users.select("user_id")
+        user_attr_sizes = []
+        for col in user_attr_names:
+            vocab = _vocab(ds.users[col].cast(pl.Utf8), col)
+            user_table = user_table.with_columns(
+                _lookup(ds.users.with_columns(pl.col(col).cast(pl.Utf8)), col, vocab, col)
+            )
+            user_attr_sizes.append(vocab.height + 1)
+
+        # item attributes: decade of year, top-K creator, genre list
+        it = ds.items
+        decade = (pl.col("year") // 10 * 10).cast(pl.Utf8).alias("year_bucket")
+        it = it.with_columns(decade)
+        creators = (
+            it["creator"].drop_nulls().value_counts(sort=True).head(top_creators)["creator"].sort()
+        )
+        creator_vocab = pl.DataFrame(
+            {"creator": creators, "creator_idx": np.arange(1, len(creators) + 1)}
+        )
+        year_vocab = _vocab(it["year_bucket"], "year_bucket")
+        genre_vocab = _vocab(it["genres"].explode(), "genre")
+        max_genres = max(int(it["genres"].list.len().max() or 0), 1)
+        genre_lists = (
+            it.select("item_id", pl.col("genres").alias("genre"))
+            .with_row_index("_r")
+            .explode("genre")
+            .join(genre_vocab, on="genre", how="left", maintain_order="left")
+            .group_by("_r", maintain_order=True)
+            .agg(pl.col("genre_idx").fill_null(0))
+        )
+        genre_pad = np.zeros((it.height, max_genres), dtype=np.int64)
+        for r, idxs in zip(
+            genre_lists["_r"].to_list(), genre_lists["genre_idx"].to_list(), strict=True
+        ):
+            genre_pad[r, : len(idxs)] = idxs
+        item_table = pl.DataFrame(
+            {
+                "item_id": it["item_id"],
+                "year_bucket": _lookup(it, "year_bucket", year_vocab, "year_bucket"),
+                "creator": _lookup(it, "creator", creator_vocab, "creator"),
+                "_row": np.arange(it.height, dtype=np.int64),
+            }
+        )
+
+        events = pl.concat([frames[k] for k in ("history", *SPLITS)]).sort("user_id", "timestamp")
+        event_items = _lookup(events, "item_id", items, "item_idx")
+
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        for s in SPLITS:
+            frame = frames[s]
+            ua = frame.select("user_id").join(
+                user_table, on="user_id", how="left", maintain_order="left"
+            )
+            ia = frame.select("item_id").join(
+                item_table, on="item_id", how="left", maintain_order="left"
+            )
+            rows = ia["_row"].fill_null(-1).to_numpy()
+            known = rows >= 0
+            genres = np.zeros((frame.height, max_genres), dtype=np.int64)
+            genres[known] = genre_pad[rows[known]]
+            arrays[s] = {
+                "user": _lookup(frame, "user_id", users, "user").to_numpy(),
+                "item": _lookup(frame, "item_id", items, "item").to_numpy(),
+                "user_attrs": (
+                    ua.select(user_attr_names).fill_null(0).to_numpy().astype(np.int64)
+                    if user_attr_names
+                    else np.zeros((frame.height, 0), dtype=np.int64)
+                ),
+                "item_attrs": ia.select("year_bucket", "creator")
+                .fill_null(0)
+                .to_numpy()
+                .astype(np.int64),
+                "genres": genres,
+                "history": behaviour_sequences(events, frame, event_items, history_len),
+                "label": frame["label"].to_numpy().astype(np.float32),
+            }
+            arrays[s] = {k: np.require(v, requirements=["C", "W"]) for k, v in arrays[s].items()}
+
+        out = cls(
+            users=users,
+            items=items,
+            user_attr_names=user_attr_names,
+            user_attr_sizes=user_attr_sizes,
+            item_attr_names=["year_bucket", "creator"],
+            item_attr_sizes=[year_vocab.height + 1, creator_vocab.height + 1],
+            n_genres=genre_vocab.height + 1,
+            history_len=history_len,
+            arrays=arrays,
+            samples={s: frames[s] for s in SPLITS},
+            events=events,
+            meta={"dataset": ds.name},
+        )
+        if knowledge_users is not None and knowledge_items is not None:
+            out.user_knowledge, out.user_missing = knowledge_matrix(
+                knowledge_users, users, "user_id", users.height + 1, "user"
+            )
+            out.item_knowledge, out.item_missing = knowledge_matrix(
+                knowledge_items, items, "item_id", items.height + 1, "item"
+            )
+            if out.user_knowledge.shape[1] != out.item_knowledge.shape[1]:
+                raise DataValidationError(
+                    f"user knowledge dim {out.user_knowledge.shape[1]} != item knowledge dim "
+                    f"{out.item_knowledge.shape[1]}",
+                    field="vector",
+                )
+        return out

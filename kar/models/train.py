@@ -1,0 +1,239 @@
+"""Train a backbone CTR model, optionally jointly with a knowledge adaptor (KAR's objective).
+
+The raw knowledge encodings are fixed inputs; the adaptor and the backbone are trained end
+to end on the CTR log loss. Epochs are selected on validation AUC (best epoch restored);
+the test split is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from kar.adaptor.config import AdaptorConfig
+from kar.adaptor.experts import KnowledgeAdaptor, build_adaptor
+from kar.errors import ConfigError
+from kar.models.base import CTRModel, FeatureSpec, Knowledge
+from kar.models.config import ModelConfig
+from kar.models.inputs import CTRFeatures
+from kar.models.metrics import auc, logloss
+from kar.models.registry import get_model
+
+if TYPE_CHECKING:
+    from kar.adaptor.trained import TrainedAdaptor
+
+EVAL_BATCH = 8192
+
+
+class KARModel(nn.Module):
+    """Backbone + optional adaptor; holds the fixed raw knowledge matrices as buffers."""
+
+    def __init__(
+        self,
+        backbone: CTRModel,
+        adaptor: KnowledgeAdaptor | None = None,
+        knowledge: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.adaptor = adaptor
+        for name, tensor in (knowledge or {}).items():
+            self.register_buffer(name, tensor, persistent=False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        know = None
+        if self.adaptor is not None:
+            u, i = batch["user"], batch["item"]
+            user_vec, item_vec = self.adaptor(self.user_knowledge[u], self.item_knowledge[i])
+            know = Knowledge(user_vec, item_vec, self.user_missing[u], self.item_missing[i])
+        return self.backbone(batch, know)
+
+
+@dataclass
+class TrainResult:
+    """Metrics of the restored best epoch, and the trained modules."""
+
+    backbone: str
+    seed: int
+    valid_auc: float
+    valid_logloss: float
+    test_auc: float
+    test_logloss: float
+    best_epoch: int  # 1-based
+    epochs_run: int
+    seconds: float
+    seconds_per_epoch: float
+    model: KARModel
+    adaptor: KnowledgeAdaptor | None
+    model_config: ModelConfig
+    adaptor_config: AdaptorConfig | None
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+
+    def metrics(self) -> dict[str, Any]:
+        keys = ("backbone", "seed", "valid_auc", "valid_logloss", "test_auc", "test_logloss")
+        keys += ("best_epoch", "epochs_run", "seconds", "seconds_per_epoch")
+        return {k: getattr(self, k) for k in keys}
+
+    def trained_adaptor(self, encoder: str | None = None) -> TrainedAdaptor:
+        """The adaptor alone, ready to save and export vectors."""
+        from kar.adaptor.trained import TrainedAdaptor
+
+        if self.adaptor is None or self.adaptor_config is None:
+            raise ConfigError("this model was trained without knowledge: no adaptor to export")
+        return TrainedAdaptor(
+            config=self.adaptor_config,
+            module=self.adaptor,
+            encoder=encoder,
+            backbone=self.backbone,
+            seed=self.seed,
+            metrics=self.metrics(),
+        )
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch; one torch thread (two stall on a shared 2-core box)."""
+    torch.set_num_threads(1)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> np.ndarray:
+    """Click probabilities for every row of a split (eval mode)."""
+    model.eval()
+    n = len(tensors["label"])
+    out = [
+        torch.sigmoid(model({k: v[s : s + EVAL_BATCH] for k, v in tensors.items()}))
+        for s in range(0, n, EVAL_BATCH)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(AUC, LogLoss) of ``model`` on a split."""
+    labels = tensors["label"].numpy()
+    probs = predict(model, tensors)
+    return auc(labels, probs), logloss(labels, probs)
+
+
+def build_model(
+    features: CTRFeatures,
+    backbone: str,
+    model_config: ModelConfig | dict | None = None,
+    adaptor_config: AdaptorConfig | None = None,
+) -> tuple[KARModel, ModelConfig]:
+    """Instantiate backbone (+ adaptor over the features' knowledge)."""
+    entry = get_model(backbone)
+    if isinstance(model_config, ModelConfig):
+        model_config = model_config.model_dump()
+    try:
+        config = entry.config.model_validate(model_config or {})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {backbone} config: {exc}") from exc
+    spec = FeatureSpec.from_features(features)
+    if adaptor_config is None:
+        return KARModel(entry.model(spec, config)), config
+    if not features.has_knowledge:
+        raise ConfigError("an adaptor config was given but the features carry no knowledge")
+    adaptor = build_adaptor(adaptor_config, features.knowledge_dim)
+    net = entry.model(spec, config, knowledge_dim=adaptor.out_dim)
+    return KARModel(net, adaptor, features.knowledge_tensors()), config
+
+
+def _better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
+    """Higher AUC wins (lower LogLoss when AUC is undefined)."""
+    if best is None:
+        return True
+    if not (np.isnan(score[0]) or np.isnan(best[0])):
+        return score[0] > best[0]
+    return score[1] < best[1]
+
+
+def train_ctr(
+    features: CTRFeatures,
+    backbone: str,
+    model_config: ModelConfig | dict | None = None,
+    adaptor_config: AdaptorConfig | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``backbone`` (with the adaptor jointly when ``adaptor_config`` is given)."""
+    set_seed(seed)
+    model, config = build_model(features, backbone, model_config, adaptor_config)
+    train, valid = features.tensors("train"), features.tensors("valid")
+    n = len(train["label"])
+    if n == 0:
+        raise ConfigError("the train split is empty")
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    best: tuple[float, float] | None = None
+    best_state, best_epoch, stale = None, 0, 0
+    start = time.perf_counter()
+    train_seconds = 0.0
+    for epoch in range(1, config.max_epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(n, generator=generator).split(config.batch_size):
+            batch = {k: v[idx] for k, v in train.items()}
+            loss = loss_fn(model(batch), batch["label"])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        train_seconds += time.perf_counter() - t0
+        score = evaluate(model, valid)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / n,
+                "valid_auc": score[0],
+                "valid_logloss": score[1],
+            }
+        )
+        if progress:
+            from rich import print as rprint
+
+            rprint(
+                f"[{backbone}{' +knowledge' if model.adaptor else ''} seed {seed}] epoch {epoch}: "
+                f"train loss {total / n:.4f}, valid AUC {score[0]:.4f}, LogLoss {score[1]:.4f}"
+            )
+        if _better(score, best):
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
+    test_auc, test_logloss = evaluate(model, features.tensors("test"))
+    epochs_run = len(history)
+    return TrainResult(
+        backbone=backbone,
+        seed=seed,
+        valid_auc=best[0],
+        valid_logloss=best[1],
+        test_auc=test_auc,
+        test_logloss=test_logloss,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        seconds=time.perf_counter() - start,
+        seconds_per_epoch=train_seconds / epochs_run,
+        model=model,
+        adaptor=model.adaptor,
+        model_config=config,
+        adaptor_config=adaptor_config,
+        history=history,
+    )

@@ -1,0 +1,353 @@
+"""The stages of a kar project, in order, over the Python API of each stage package.
+
+Each function reads what the previous stage left in the project folder and writes its
+own artifacts, so the CLI commands can run one at a time or all together
+(``quickstart``). Heavy packages are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kar.errors import KarError
+from kar.project import CONFIG_FILE, Project, ProjectSettings
+from kar.resources import bundled_dir
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from kar.data.schema import Dataset, Split
+
+TIMINGS_FILE = "timings.json"
+
+
+@contextmanager
+def timed_stage(project: Project, stage: str) -> Iterator[None]:
+    """Record the wall time of a stage in ``artifacts/timings.json``."""
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    path = project.artifacts / TIMINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[stage] = round(seconds, 2)
+    path.write_text(json.dumps(timings, indent=2))
+
+
+def init_project(dest: Path, *, n_users: int = 200, seed: int = 0, force: bool = False) -> Project:
+    """Create a project: demo dataset, scenarios, adaptor configs and a Feast repository."""
+    from kar.data import write_demo_dataset
+    from kar.features import init_feature_repo
+
+    dest = Path(dest)
+    if (dest / CONFIG_FILE).exists() and not force:
+        raise KarError(f"{dest / CONFIG_FILE} already exists (use --force to overwrite)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("prompts", "experts"):
+        shutil.copytree(bundled_dir(name), dest / name, dirs_exist_ok=True)
+    write_demo_dataset(dest / "data", n_users=n_users, seed=seed)
+    project = Project(dest, ProjectSettings())
+    init_feature_repo(project.feature_repo, project=project.settings.features.project)
+    project.save()
+    return project
+
+
+def load_data(project: Project) -> tuple[Dataset, Split]:
+    """Load and validate the project's dataset and split it by time (KAR's protocol)."""
+    from kar.data import load_demo, load_movielens, load_table_dataset, make_time_split
+
+    ds_cfg = project.settings.dataset
+    path = project.path(ds_cfg.path)
+    rejects = project.rejects_dir
+    if ds_cfg.kind == "demo":
+        dataset = load_demo(path)
+    elif ds_cfg.kind == "movielens":
+        dataset = load_movielens(
+            path,
+            variant=ds_cfg.variant,
+            label_threshold=ds_cfg.label_threshold,
+            rejects_dir=rejects,
+        )
+    else:
+        dataset = load_table_dataset(
+            path,
+            items=project.path(ds_cfg.items) if ds_cfg.items else None,
+            users=project.path(ds_cfg.users) if ds_cfg.users else None,
+            mapping=ds_cfg.mapping or None,
+            label_threshold=ds_cfg.label_threshold,
+            rejects_dir=rejects,
+        )
+    sp = project.settings.split
+    split = make_time_split(
+        dataset,
+        history_cap=sp.history_cap,
+        history_fraction=sp.history_fraction,
+        valid_fraction=sp.valid_fraction,
+        test_fraction=sp.test_fraction,
+    )
+    return dataset, split
+
+
+def build_prompts(project: Project, dataset: Dataset, split: Split) -> list[Any]:
+    """All user-preference and item-fact prompts of the project's scenario."""
+    from kar.prompts import Scenario, build_item_prompts, build_user_prompts
+
+    scenario = Scenario.load(project.settings.scenario, search_dirs=project.prompt_dirs)
+    users = build_user_prompts(dataset, scenario, split.as_of)
+    items = build_item_prompts(dataset, scenario)
+    return users + items
+
+
+def _sampling(project: Project, kind: str) -> Any:
+    """Sampling parameters for a knowledge kind: the scenario's limits unless kar.yaml sets them."""
+    from kar.prompts import Scenario
+    from kar.records import KIND_USER
+
+    gen = project.settings.generation
+    scenario = Scenario.load(project.settings.scenario, search_dirs=project.prompt_dirs)
+    limit = gen.max_new_tokens_user if kind == KIND_USER else gen.max_new_tokens_item
+    return scenario.sampling_params(
+        kind,
+        **({"max_new_tokens": limit} if limit else {}),
+        temperature=gen.temperature,
+        repetition_penalty=gen.repetition_penalty,
+    )
+
+
+class LazyBackend:
+    """Loads the LLM on the first ``generate`` call, so a rerun with nothing to do costs nothing."""
+
+    def __init__(self, project: Project) -> None:
+        self._project = project
+        self._backend: Any = None
+
+    @property
+    def model_name(self) -> str:
+        from kar.generation import model_name_for
+
+        gen = self._project.settings.generation
+        return model_name_for(gen.model, gen.dtype)
+
+    def generate(self, batch: Any, params: Any) -> Any:
+        if self._backend is None:
+            from kar.generation import TransformersBackend
+
+            gen = self._project.settings.generation
+            self._backend = TransformersBackend(
+                model=gen.model, dtype=gen.dtype, threads=gen.threads
+            )
+        return self._backend.generate(batch, params)
+
+
+def run_generate(
+    project: Project, *, limit: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Ask the LLM every prompt not yet answered; answers land in the knowledge store.
+
+    Returns one generation report per knowledge kind.
+    """
+    from kar.generation import KnowledgeStore, generate_knowledge
+    from kar.records import KIND_ITEM, KIND_USER
+
+    with timed_stage(project, "generate"):
+        dataset, split = load_data(project)
+        prompts = build_prompts(project, dataset, split)
+        store = KnowledgeStore(project.knowledge_store_url)
+        backend = LazyBackend(project)
+        reports = {}
+        for kind in (KIND_USER, KIND_ITEM):
+            todo = [p for p in prompts if p.kind == kind][:limit]
+            reports[kind] = generate_knowledge(
+                todo,
+                backend,
+                store,
+                _sampling(project, kind),
+                batch_size=project.settings.generation.batch_size,
+                max_retries=project.settings.generation.max_retries,
+                progress=progress,
+            )
+    return reports
+
+
+def run_encode(project: Project, *, progress: bool = True) -> Any:
+    """Encode every answered prompt (history + reasoning for users, facts for items)."""
+    from kar.encoding import TextEncoder, VectorCache, encode_knowledge
+    from kar.generation import KnowledgeStore
+
+    with timed_stage(project, "encode"):
+        enc = project.settings.encoding
+        store = KnowledgeStore(project.knowledge_store_url)
+        answers = store.answers(scenario=project.settings.scenario)
+        if answers.height == 0:
+            raise KarError("the knowledge store has no answers yet: run `kar generate` first")
+        encoder = TextEncoder(
+            enc.model,
+            pooling=enc.pooling,
+            max_length=enc.max_length,
+            batch_size=enc.batch_size,
+            cache=VectorCache(project.vector_cache_path),
+        )
+        vectors = encode_knowledge(answers, encoder)
+        vectors.save(project.encoded_dir)
+    return vectors
+
+
+def _features(project: Project, dataset: Dataset, split: Split, with_knowledge: bool) -> Any:
+    from kar.encoding import EntityVectors
+    from kar.models.inputs import CTRFeatures
+
+    users = items = None
+    if with_knowledge:
+        if not (project.encoded_dir).exists():
+            raise KarError("no encoded knowledge yet: run `kar encode` first")
+        vectors = EntityVectors.load(project.encoded_dir)
+        users, items = vectors.users, vectors.items
+    return CTRFeatures.build(
+        dataset,
+        split,
+        history_len=project.settings.training.history_len,
+        knowledge_users=users,
+        knowledge_items=items,
+    )
+
+
+def adaptor_config(project: Project) -> Any:
+    """The adaptor config named in kar.yaml: the project's experts/ first, then the bundled one."""
+    from kar.adaptor import AdaptorConfig
+
+    name = project.settings.training.adaptor
+    local = project.root / "experts" / f"{name}.yaml"
+    return AdaptorConfig.load(
+        local if local.exists() else project.path(name) if "/" in name else name
+    )
+
+
+def run_train(project: Project, *, progress: bool = True) -> Any:
+    """Train the adaptor jointly with a backbone; save it and export one vector per entity."""
+    from kar.encoding import EntityVectors
+    from kar.models.train import train_ctr
+
+    with timed_stage(project, "train"):
+        dataset, split = load_data(project)
+        features = _features(project, dataset, split, with_knowledge=True)
+        tr = project.settings.training
+        result = train_ctr(
+            features,
+            tr.backbone,
+            adaptor_config=adaptor_config(project),
+            seed=tr.seed,
+            progress=progress,
+        )
+        vectors = EntityVectors.load(project.encoded_dir)
+        trained = result.trained_adaptor(encoder=vectors.encoder_id)
+        trained.save(project.adaptor_dir)
+        users, items = trained.export(vectors.users, vectors.items)
+        project.knowledge_dir.mkdir(parents=True, exist_ok=True)
+        users.write_parquet(project.knowledge_dir / "user_knowledge.parquet")
+        items.write_parquet(project.knowledge_dir / "item_knowledge.parquet")
+    return result
+
+
+def _with_timestamps(project: Project, split: Split, users: pl.DataFrame, items: pl.DataFrame):
+    """Users' knowledge is valid from their as-of instant; item facts from the data's start."""
+    import polars as pl
+
+    as_of = split.as_of.rename({"as_of": "event_timestamp", "user_id": "entity_id"})
+    users = users.join(as_of, on="entity_id", how="left")
+    start = min(frame["timestamp"].min() for frame in (split.history, split.train) if frame.height)
+    users = users.with_columns(pl.col("event_timestamp").fill_null(start))
+    items = items.with_columns(pl.lit(start).alias("event_timestamp"))
+    return users, items
+
+
+def run_publish(project: Project) -> Any:
+    """Publish the adapted vectors to Feast: offline Parquet partition, apply, materialise."""
+    import polars as pl
+
+    from kar.features import publish
+
+    with timed_stage(project, "publish"):
+        paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
+        if not all(p.exists() for p in paths):
+            raise KarError("no adapted vectors yet: run `kar train` first")
+        _, split = load_data(project)
+        users, items = _with_timestamps(
+            project, split, pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
+        )
+        report = publish(project.feature_repo, users, items)
+    return report
+
+
+def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: bool = True):
+    """Each backbone with and without knowledge, several seeds; markdown table + PNG plot."""
+    from kar.models.evaluation import compare, summarize, write_report
+
+    with timed_stage(project, "evaluate"):
+        dataset, split = load_data(project)
+        features = _features(project, dataset, split, with_knowledge=True)
+        tr = project.settings.training
+        results = compare(
+            features,
+            backbones=tuple(tr.eval_backbones),
+            seeds=tuple(seeds or tr.eval_seeds),
+            adaptor_config=adaptor_config(project),
+            progress=progress,
+        )
+        md, png = write_report(
+            results,
+            project.reports_dir,
+            title=f"{project.settings.name}: AUC with and without knowledge",
+            command="kar evaluate",
+        )
+    return summarize(results), md, png
+
+
+def run_quickstart(directory: Path, *, n_users: int = 200, console: Any = None) -> Project:
+    """Every stage on the demo, in one go; reruns resume where the last run stopped."""
+    from rich.console import Console
+
+    from kar.features import OnlineKnowledge, list_knowledge_views
+
+    console = console or Console()
+    directory = Path(directory)
+    if (directory / CONFIG_FILE).exists():
+        project = Project.load(directory)
+        console.rule("[bold]kar quickstart[/bold]: resuming the project in " + str(project.root))
+    else:
+        console.rule("[bold]kar quickstart[/bold] 1/6 init")
+        project = init_project(directory, n_users=n_users)
+        console.print(f"demo project (synthetic users, real film facts) in {project.root}")
+    console.rule("2/6 generate: the LLM reasons about users and states item facts")
+    for kind, report in run_generate(project).items():
+        console.print(f"{kind}: {report.summary()}")
+    console.rule("3/6 encode")
+    vectors = run_encode(project)
+    console.print(f"{vectors.users.height} users, {vectors.items.height} items, dim {vectors.dim}")
+    console.rule("4/6 train the hybrid-expert adaptor jointly with a CTR model")
+    result = run_train(project)
+    console.print(f"valid AUC {result.valid_auc:.4f}; adaptor saved to {project.adaptor_dir}")
+    console.rule("5/6 publish to Feast")
+    console.print(run_publish(project))
+    views = list_knowledge_views(project.feature_repo)
+    console.print("feature views: " + ", ".join(v["name"] for v in views))
+    dataset, split = load_data(project)
+    user_id = split.test["user_id"][0]
+    item_ids = split.test["item_id"].unique(maintain_order=True).head(5).to_list()
+    batch = OnlineKnowledge(project.feature_repo).get(user_id, item_ids)
+    console.print(
+        f"online read: user {user_id} -> vector of {batch.user.shape[0]} floats "
+        f"(missing={batch.user_missing}); {len(item_ids)} items -> {batch.items.shape}"
+    )
+    console.rule("6/6 evaluate: with vs without knowledge")
+    _, md, png = run_evaluate(project)
+    console.print(md.read_text())
+    console.print(f"plot: {png}")
+    timings = json.loads((project.artifacts / TIMINGS_FILE).read_text())
+    console.print("wall time per stage (s): " + json.dumps(timings))
+    return project

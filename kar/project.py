@@ -1,0 +1,167 @@
+"""A kar project: a folder with ``kar.yaml`` and the paths every stage reads and writes.
+
+Settings are a pydantic model, so a typo in ``kar.yaml`` is an error naming the field,
+and each stage receives exactly the section it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kar.errors import ConfigError
+
+CONFIG_FILE = "kar.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSettings(_Section):
+    kind: Literal["demo", "movielens", "table"] = "demo"
+    path: str = "data"  # folder (demo, movielens) or interactions file (table)
+    variant: str | None = None  # movielens: ml-100k | ml-1m | ml-latest-small (auto when None)
+    label_threshold: float = 4.0
+    items: str | None = None  # table: items file
+    users: str | None = None  # table: users file
+    mapping: dict[str, str] = Field(default_factory=dict)  # table: our column -> theirs
+
+
+class SplitSettings(_Section):
+    history_cap: int = 20
+    history_fraction: float = 0.5
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+class GenerationSettings(_Section):
+    backend: Literal["transformers"] = "transformers"
+    model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; or a local HF folder
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    batch_size: int = 16
+    max_new_tokens_user: int | None = None  # None: the scenario's limit
+    max_new_tokens_item: int | None = None
+    temperature: float = 0.0
+    repetition_penalty: float = 1.2
+    max_retries: int = 1
+    threads: int = 1
+
+
+class EncodingSettings(_Section):
+    model: str | None = None  # None: the bundled all-MiniLM-L6-v2
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    max_length: int = 256
+    batch_size: int = 64
+
+
+class TrainingSettings(_Section):
+    adaptor: str = "hea"  # experts/<name>.yaml or a path
+    backbone: str = "deepfm"  # backbone the published adaptor is trained with
+    seed: int = 0
+    eval_backbones: list[str] = Field(default_factory=lambda: ["deepfm", "din"])
+    eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    history_len: int = 20
+
+
+class FeatureSettings(_Section):
+    repo: str = "feature_repo"
+    project: str = "kar_demo"
+
+
+class ProjectSettings(_Section):
+    name: str = "kar-demo"
+    scenario: str = "demo"
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    split: SplitSettings = Field(default_factory=SplitSettings)
+    knowledge_store: str = "sqlite:///artifacts/knowledge.db"
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    encoding: EncodingSettings = Field(default_factory=EncodingSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+
+
+class Project:
+    """A project folder: its settings and the paths of each stage's artifacts."""
+
+    def __init__(self, root: Path, settings: ProjectSettings) -> None:
+        self.root = root.resolve()
+        self.settings = settings
+
+    @classmethod
+    def load(cls, root: Path | str = ".") -> Project:
+        root = Path(root)
+        path = root / CONFIG_FILE
+        if not path.exists():
+            raise ConfigError(f"{path} not found: run `kar init {root}` first")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        try:
+            return cls(root, ProjectSettings.model_validate(raw))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{path}: field {field!r}: {first['msg']}") from exc
+
+    def save(self) -> Path:
+        path = self.root / CONFIG_FILE
+        data = self.settings.model_dump(mode="json")
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    def path(self, relative: str) -> Path:
+        """A settings path, resolved against the project folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def knowledge_store_url(self) -> str:
+        """The store URL; a relative SQLite path is resolved against the project folder."""
+        url = self.settings.knowledge_store
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            target = self.root / url[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(target)
+        return url
+
+    @property
+    def encoded_dir(self) -> Path:
+        return self.artifacts / "encoded"
+
+    @property
+    def adaptor_dir(self) -> Path:
+        return self.artifacts / "adaptor"
+
+    @property
+    def knowledge_dir(self) -> Path:
+        return self.artifacts / "knowledge"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.artifacts / "reports"
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.artifacts / "rejects"
+
+    @property
+    def vector_cache_path(self) -> Path:
+        return self.artifacts / "vector_cache.db"
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.path(self.settings.features.repo)
+
+    @property
+    def prompt_dirs(self) -> list[Path]:
+        return [self.root / "prompts"]

@@ -1,0 +1,31 @@
+"""Shared fixtures. Real data comes from ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KAR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    path = SHARED_DATA / "ml-100k"
+    if not (path / "u.data").exists():
+        pytest.skip(f"MovieLens 100K not found at {path} (set KAR_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ml1m_dir() -> Path:
+    path = SHARED_DATA / "ml-1m"
+    if not (path / "movies.dat").exists():
+        pytest.skip(f"MovieLens 1M not found at {path} (set KAR_SHARED_DATA)")
+    return path
