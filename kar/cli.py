@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import typer
@@ -13,6 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Feast's dependencies (ibis, dask) warn about their own deprecations on every call.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 app = typer.Typer(
     help="kar: LLM knowledge features for recommenders, published in Feast.\n\n"
@@ -34,6 +38,11 @@ def _project(root: Path):
     from kar.project import Project
 
     return Project.load(root)
+
+
+def _on_project(stage, root: Path, **kwargs):
+    """Load the project at ``root`` and run ``stage`` on it, with kar's error handling."""
+    return _run(lambda: stage(_project(root), **kwargs))
 
 
 def _run(fn, *args, **kwargs):
@@ -72,7 +81,7 @@ def generate(
     """Ask the LLM the user-preference and item-fact questions (resumable)."""
     from kar.pipeline import run_generate
 
-    reports = _run(run_generate, _project(project), limit=limit)
+    reports = _on_project(run_generate, project, limit=limit)
     for kind, report in reports.items():
         console.print(f"{kind}: {report.summary()}")
 
@@ -82,7 +91,7 @@ def encode(project: Path = ProjectDir) -> None:
     """Encode the answers into vectors (cached by text hash)."""
     from kar.pipeline import run_encode
 
-    vectors = _run(run_encode, _project(project))
+    vectors = _on_project(run_encode, project)
     console.print(
         f"encoded {vectors.users.height} users and {vectors.items.height} items "
         f"into {vectors.dim}-dim vectors ({vectors.encoder_id})"
@@ -94,7 +103,7 @@ def train(project: Path = ProjectDir) -> None:
     """Train the hybrid-expert adaptor with a backbone CTR model and export adapted vectors."""
     from kar.pipeline import run_train
 
-    result = _run(run_train, _project(project))
+    result = _on_project(run_train, project)
     console.print(
         f"trained: valid AUC {result.valid_auc:.4f}, test AUC {result.test_auc:.4f} "
         f"(best epoch {result.best_epoch})"
@@ -106,8 +115,8 @@ def publish(project: Path = ProjectDir) -> None:
     """Publish the adapted vectors to Feast (offline Parquet, apply, materialise online)."""
     from kar.pipeline import run_publish
 
-    report = _run(run_publish, _project(project))
-    console.print(f"published: {report}")
+    report = _on_project(run_publish, project)
+    console.print(f"published {report.summary()}")
 
 
 @app.command()
@@ -118,8 +127,8 @@ def evaluate(
     """AUC / LogLoss of each backbone with and without knowledge; markdown table + PNG."""
     from kar.pipeline import run_evaluate
 
-    summary, md, png = _run(
-        run_evaluate, _project(project), seeds=list(range(seeds)) if seeds else None
+    summary, md, png = _on_project(
+        run_evaluate, project, seeds=list(range(seeds)) if seeds else None
     )
     console.print(md.read_text())
     console.print(f"report: {md}\nplot:   {png}")
@@ -141,13 +150,13 @@ def features_list(project: Path = ProjectDir) -> None:
     """List the knowledge feature views of the project's Feast repository."""
     from kar.features import list_knowledge_views
 
-    views = _run(list_knowledge_views, _project(project).feature_repo)
+    views = _on_project(lambda p: list_knowledge_views(p.feature_repo), project)
     table = Table("feature view", "entities", "features", "tags")
     for view in views:
         table.add_row(
             view["name"],
             ", ".join(view["entities"]),
-            ", ".join(f"{f['name']}: {f['dtype']}" for f in view["features"]),
+            ", ".join(f"{name}: {view['dtype']}" for name in view["features"]),
             ", ".join(f"{k}={v}" for k, v in view["tags"].items()),
         )
     console.print(table)
@@ -162,7 +171,7 @@ def features_online(
     """Read the knowledge vectors of one user and candidate items from the online store."""
     from kar.features import OnlineKnowledge
 
-    batch = _run(lambda: OnlineKnowledge(_project(project).feature_repo).get(user_id, item_ids))
+    batch = _on_project(lambda p: OnlineKnowledge(p.feature_repo).get(user_id, item_ids), project)
     console.print(f"user {user_id}: missing={batch.user_missing} vector[:6]={batch.user[:6]}")
     for item_id, vec, missing in zip(item_ids, batch.items, batch.items_missing, strict=True):
         console.print(f"item {item_id}: missing={bool(missing)} vector[:6]={vec[:6]}")

@@ -170,6 +170,7 @@ def run_generate(
                 _sampling(project, kind),
                 batch_size=project.settings.generation.batch_size,
                 max_retries=project.settings.generation.max_retries,
+                truncated=project.settings.generation.truncated,
                 progress=progress,
             )
     return reports
@@ -266,11 +267,30 @@ def _with_timestamps(project: Project, split: Split, users: pl.DataFrame, items:
     return users, items
 
 
+def knowledge_lineage(project: Project) -> dict[str, str]:
+    """What produced the published vectors: prompt version, LLM, encoder, adaptor run."""
+    from kar.generation import KnowledgeStore
+    from kar.records import stable_hash
+
+    answers = KnowledgeStore(project.knowledge_store_url).answers(
+        scenario=project.settings.scenario
+    )
+    adaptor = json.loads((project.adaptor_dir / "config.json").read_text())
+    return {
+        "prompt_version": ",".join(sorted(set(answers["prompt_version"].to_list()))),
+        "llm": ",".join(sorted(set(answers["model"].to_list()))),
+        "encoder": str(adaptor.get("encoder")),
+        "adaptor": f"{adaptor['adaptor']['type']}-{adaptor['backbone']}-seed{adaptor['seed']}"
+        f"@{stable_hash(adaptor, length=8)}",
+    }
+
+
 def run_publish(project: Project) -> Any:
     """Publish the adapted vectors to Feast: offline Parquet partition, apply, materialise."""
     import polars as pl
 
     from kar.features import publish
+    from kar.features.repo import read_settings
 
     with timed_stage(project, "publish"):
         paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
@@ -280,7 +300,14 @@ def run_publish(project: Project) -> Any:
         users, items = _with_timestamps(
             project, split, pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
         )
-        report = publish(project.feature_repo, users, items)
+        dim = len(users["vector"][0])
+        repo_dim = int(read_settings(project.feature_repo)["vector_dim"])
+        if dim != repo_dim:
+            raise KarError(
+                f"the adaptor exports {dim}-dim vectors but {project.feature_repo} declares "
+                f"vector_dim {repo_dim}: register a new feature version for the new dimension"
+            )
+        report = publish(project.feature_repo, users, items, lineage=knowledge_lineage(project))
     return report
 
 
@@ -333,7 +360,7 @@ def run_quickstart(directory: Path, *, n_users: int = 200, console: Any = None) 
     result = run_train(project)
     console.print(f"valid AUC {result.valid_auc:.4f}; adaptor saved to {project.adaptor_dir}")
     console.rule("5/6 publish to Feast")
-    console.print(run_publish(project))
+    console.print("published " + run_publish(project).summary())
     views = list_knowledge_views(project.feature_repo)
     console.print("feature views: " + ", ".join(v["name"] for v in views))
     dataset, split = load_data(project)

@@ -48,6 +48,7 @@ class GenerationSettings(_Section):
     temperature: float = 0.0
     repetition_penalty: float = 1.2
     max_retries: int = 1
+    truncated: Literal["trim", "retry", "accept"] = "trim"  # answers that hit the token limit
     threads: int = 1
 
 

@@ -68,5 +68,7 @@ class GenerationOutput:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    # stop: the model ended; length: hit max_new_tokens; trimmed: hit it, then cut back to
+    # the last complete sentence (kar.generation.quality.trim_to_sentence)
+    finish_reason: Literal["stop", "length", "trimmed"]
     meta: dict[str, object] = field(default_factory=dict)

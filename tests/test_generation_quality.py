@@ -76,3 +76,15 @@ def test_retry_params_per_reason() -> None:
     # every retry changes the call, so it is never a copy of the failed one
     for reason in ("truncated", "repetition", "empty", "refusal"):
         assert retry_params(base, reason, 1) != base
+
+
+def test_trim_to_sentence_keeps_complete_sentences_only() -> None:
+    from kar.generation.quality import trim_to_sentence
+
+    assert trim_to_sentence("First point. Second point! Third is cut") == (
+        "First point. Second point!"
+    )
+    assert trim_to_sentence('He said "go." Then the') == 'He said "go."'
+    assert trim_to_sentence("no sentence end at all") is None
+    # trimming that would drop more than half of the answer is refused
+    assert trim_to_sentence("Short. " + "a very long unfinished clause " * 5) is None

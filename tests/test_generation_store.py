@@ -290,3 +290,55 @@ def test_postgresql_store(pg_store: KnowledgeStore) -> None:
     )
     assert pg_store.count() == 6 and rows.height == 6
     assert rows.filter(entity_id="u1")["as_of"][0] == datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class FakeTruncatingBackend:  # fake: stands in for an LLM only in truncation-policy tests
+    """Every answer hits the token limit; `texts` scripts the text per entity id."""
+
+    model_name = "fake-truncating"
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        self.texts = texts
+        self.sent: list[str] = []
+
+    def generate(self, batch, params: SamplingParams) -> list[GenerationOutput]:
+        outputs = []
+        for messages in batch:
+            entity_id = messages[-1]["content"].split()[-1]
+            self.sent.append(entity_id)
+            outputs.append(GenerationOutput(self.texts[entity_id], 7, params.max_new_tokens, "length"))
+        return outputs
+
+
+CUT = "A heist film about loyalty. It is tense and fast. The ending turns on a betrayal that"
+
+
+def test_truncated_answer_is_trimmed_to_last_sentence(store: KnowledgeStore) -> None:
+    backend = FakeTruncatingBackend({"i0": CUT, "i1": "one long sentence that never ends and"})
+    report = generate_knowledge(
+        [prompt("i0"), prompt("i1")], backend, store, PARAMS, progress=False
+    )
+    # i0 is trimmed (no retry); i1 has no complete sentence: retried, then flagged
+    assert backend.sent == ["i0", "i1", "i1"]
+    assert (report.answered_ok, report.flagged) == (1, 1)
+    row = store.answers().row(0, named=True)
+    assert row["entity_id"] == "i0"
+    assert row["answer"] == "A heist film about loyalty. It is tense and fast."
+    assert row["finish_reason"] == "trimmed"
+    assert store.answers(status="flagged")["flag_reason"].to_list() == ["truncated"]
+
+
+def test_truncation_policy_retry_and_accept(tmp_path) -> None:
+    with KnowledgeStore(f"sqlite:///{tmp_path / 'retry.db'}") as retry_store:
+        backend = FakeTruncatingBackend({"i0": CUT})
+        report = generate_knowledge(
+            [prompt("i0")], backend, retry_store, PARAMS, truncated="retry", progress=False
+        )
+        assert backend.sent == ["i0", "i0"] and report.flagged == 1
+    with KnowledgeStore(f"sqlite:///{tmp_path / 'accept.db'}") as accept_store:
+        backend = FakeTruncatingBackend({"i0": CUT})
+        generate_knowledge(
+            [prompt("i0")], backend, accept_store, PARAMS, truncated="accept", progress=False
+        )
+        row = accept_store.answers().row(0, named=True)
+        assert row["answer"] == CUT and row["finish_reason"] == "length"

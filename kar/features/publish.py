@@ -40,6 +40,14 @@ class PublishReport:
     materialized: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        steps = ", ".join(f"{step} {sec:.1f} s" for step, sec in self.seconds.items())
+        online = "materialised online" if self.materialized else "offline only"
+        return (
+            f"{self.users} user and {self.items} item vectors in {len(self.files)} new "
+            f"Parquet partition(s), {online} ({steps})"
+        )
+
 
 def _validated(
     repo: Path,

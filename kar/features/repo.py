@@ -110,7 +110,17 @@ def feature_store(repo: Path) -> FeatureStore:
     read_settings(repo)
     from feast import FeatureStore
 
+    _quiet_dependency_warnings()
     return FeatureStore(repo_path=str(Path(repo).resolve()))
+
+
+def _quiet_dependency_warnings() -> None:
+    """Feast re-enables DeprecationWarnings at import; its ibis/dask ones are not ours."""
+    import warnings
+
+    for module in ("ibis", "dask", "feast"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
 def load_definitions(repo: Path) -> list[Any]:

@@ -71,3 +71,16 @@ def check_answer(output: GenerationOutput) -> str | None:
     if output.finish_reason == "length":
         return TRUNCATED
     return None
+
+
+_SENTENCE_END = re.compile(r"[.!?…](?:[\"')\]]*)(?=\s|$)")
+_MIN_KEPT_SHARE = 0.5  # trimming may drop at most half of a truncated answer
+
+
+def trim_to_sentence(text: str) -> str | None:
+    """A truncated answer cut back to its last complete sentence, or None when that would
+    keep less than half of it (then the answer is retried, and flagged if still cut)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends or ends[-1] < _MIN_KEPT_SHARE * len(text.rstrip()):
+        return None
+    return text[: ends[-1]].rstrip()

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -21,7 +21,14 @@ from rich.progress import (
 
 from kar.errors import GenerationError, KarError
 from kar.generation.backend import GenerationBackend
-from kar.generation.quality import EMPTY, REFUSAL, REPETITION, TRUNCATED, check_answer
+from kar.generation.quality import (
+    EMPTY,
+    REFUSAL,
+    REPETITION,
+    TRUNCATED,
+    check_answer,
+    trim_to_sentence,
+)
 from kar.generation.store import KnowledgeStore, call_key
 from kar.records import GenerationOutput, PromptRecord, SamplingParams
 
@@ -106,7 +113,7 @@ def _answer_batch(
     backend: GenerationBackend,
     params: SamplingParams,
     max_retries: int,
-    accept_truncated: bool,
+    truncated: str,
     report: GenerationReport,
 ) -> list[dict[str, Any]]:
     """Answer one batch (with retries of bad answers) and return the store rows."""
@@ -114,9 +121,20 @@ def _answer_batch(
     state = {i: (outputs[i], params, 1) for i in range(len(batch))}  # output, params, attempts
     report.llm_calls += len(batch)
 
-    def reason_of(output: GenerationOutput) -> str | None:
+    def settle(output: GenerationOutput) -> tuple[GenerationOutput, str | None]:
+        """The answer to keep and why it is bad (None: usable), per the truncation policy."""
         reason = check_answer(output)
-        return None if reason == TRUNCATED and accept_truncated else reason
+        if reason != TRUNCATED or truncated == "retry":
+            return output, reason
+        if truncated == "accept":
+            return output, None
+        trimmed = trim_to_sentence(output.text)
+        if trimmed is None:
+            return output, reason
+        return dataclasses.replace(output, text=trimmed, finish_reason="trimmed"), None
+
+    def reason_of(output: GenerationOutput) -> str | None:
+        return settle(output)[1]
 
     for attempt in range(1, max_retries + 1):
         groups: dict[SamplingParams, list[int]] = {}
@@ -136,7 +154,7 @@ def _answer_batch(
     rows = []
     for i, prompt in enumerate(batch):
         output, used, attempts = state[i]
-        reason = reason_of(output)
+        output, reason = settle(output)
         report.prompt_tokens += output.prompt_tokens
         report.completion_tokens += output.completion_tokens
         if reason is None:
@@ -166,14 +184,18 @@ def generate_knowledge(
     batch_size: int = 16,
     max_retries: int = 1,
     progress: bool = True,
-    accept_truncated: bool = False,
+    truncated: Literal["trim", "retry", "accept"] = "trim",
 ) -> GenerationReport:
     """Answer every prompt not yet in ``store`` and save each batch as soon as it is done.
 
     The store key is the prompt's call key + ``backend.model_name`` + ``params.key()``:
     a rerun skips answered prompts (0 LLM calls when all are done) and a killed run
     loses at most the batch in flight. Bad answers are retried ``max_retries`` times
-    (see :func:`retry_params`), then stored as ``flagged``. Token counts in the report
+    (see :func:`retry_params`), then stored as ``flagged``. ``truncated`` decides what
+    an answer that hit the token limit is: ``trim`` (default) cuts it back to its last
+    complete sentence when that keeps at least half of it (stored with finish_reason
+    ``trimmed``) and retries it otherwise; ``retry`` always retries with more tokens;
+    ``accept`` keeps it as it is. Token counts in the report
     cover the stored answers; ``llm_calls`` counts every prompt sent, retries included.
     """
     params = params or SamplingParams()
@@ -223,7 +245,7 @@ def generate_knowledge(
             task = bar.add_task("generate", total=len(pending), rate=0.0)
             for lo in range(0, len(pending), batch_size):
                 batch = pending[lo : lo + batch_size]
-                rows = _answer_batch(batch, backend, params, max_retries, accept_truncated, report)
+                rows = _answer_batch(batch, backend, params, max_retries, truncated, report)
                 store.write(rows)
                 saved += len(rows)
                 elapsed = time.perf_counter() - start
