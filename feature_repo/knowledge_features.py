@@ -75,3 +75,41 @@ kar_ctr_knowledge = FeatureService(
     tags=TAGS,
     description="Knowledge vectors for CTR models (user reasoning + item facts)",
 )
+
+
+# Declared knowledge features (`kar features add`): one set of objects per active version,
+# named <name>_v<version>, so versions coexist until one is retired.
+def _declared(decl: dict) -> list:
+    view_name = f"{decl['name']}_v{decl['version']}"
+    tags = {
+        "kar.feature": decl["name"],
+        "kar.version": str(decl["version"]),
+        "kar.vector_dim": str(decl["dim"]),
+        **{
+            f"kar.{k}": str(decl.get(k, "unset"))
+            for k in ("kind", "scenario", "prompt_version", "llm", "encoder", "adaptor")
+        },
+    }
+    batch = _parquet_parts(view_name)
+    push = PushSource(name=f"{view_name}_push", batch_source=batch)
+    view = FeatureView(
+        name=view_name,
+        entities=[user if decl["entity"] == "user" else item],
+        ttl=TTL,
+        schema=[Field(name=decl["name"], dtype=Array(Float32))],
+        source=push,
+        online=True,
+        tags=tags,
+        description=decl.get("description") or f"kar knowledge feature {view_name}",
+    )
+    service = FeatureService(name=f"{view_name}_service", features=[view], tags=tags)
+    return [batch, push, view, service]
+
+
+DECLARED = [
+    obj
+    for decl in SETTINGS.get("features", [])
+    if not decl.get("retired")
+    for obj in _declared(decl)
+]
+globals().update({obj.name: obj for obj in DECLARED})  # feast apply collects module globals

@@ -20,9 +20,23 @@ _EXPORTS = {
     "OnlineKnowledge": "kar.features.online",
     "KnowledgeBatch": "kar.features.online",
     "list_knowledge_views": "kar.features.catalog",
+    "KnowledgeFeature": "kar.features.declare",
+    "add_features": "kar.features.declare",
+    "load_declarations": "kar.features.declare",
+    "publish_feature": "kar.features.declare",
+    "retire_feature": "kar.features.declare",
+    "KnowledgeServer": "kar.features.serving",
+    "HttpReader": "kar.features.serving",
 }
 __all__ = [
+    "HttpReader",
     "KnowledgeBatch",
+    "KnowledgeFeature",
+    "KnowledgeServer",
+    "add_features",
+    "load_declarations",
+    "publish_feature",
+    "retire_feature",
     "OnlineKnowledge",
     "PublishReport",
     "apply_repo",
@@ -37,10 +51,18 @@ __all__ = [
 
 if TYPE_CHECKING:
     from kar.features.catalog import list_knowledge_views
+    from kar.features.declare import (
+        KnowledgeFeature,
+        add_features,
+        load_declarations,
+        publish_feature,
+        retire_feature,
+    )
     from kar.features.offline import training_set
     from kar.features.online import KnowledgeBatch, OnlineKnowledge
     from kar.features.publish import PublishReport, publish, push_online
     from kar.features.repo import apply_repo, feature_store, init_feature_repo, update_lineage
+    from kar.features.serving import HttpReader, KnowledgeServer
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from kar.features.repo import (
     read_settings,
     update_lineage,
 )
+from kar.features.stores import check_online_store
 from kar.features.vectors import prepare_vectors, to_utc
 
 _SIDES = (
@@ -73,14 +73,39 @@ def _validated(
     return frames
 
 
-def _write_part(repo: Path, view: str, frame: pl.DataFrame) -> Path:
-    """Write one new part file atomically (temp name outside the *.parquet glob, then rename)."""
+def _content_digest(frame: pl.DataFrame) -> str:
+    """Digest of ids, vectors and timestamps (not ``created``): the identity of a publish."""
+    import hashlib
+
+    body = frame.drop("created").sort(frame.columns[0], "event_timestamp")
+    return hashlib.sha256(body.hash_rows(seed=0).to_numpy().tobytes()).hexdigest()[:16]
+
+
+def _latest_part(folder: Path) -> Path | None:
+    parts = sorted(folder.glob("part-*.parquet"))
+    return parts[-1] if parts else None
+
+
+def _write_part(
+    repo: Path, view: str, frame: pl.DataFrame, *, defaulted_ts: bool = False
+) -> tuple[Path, pl.DataFrame, bool]:
+    """Write one new part file atomically (temp name outside the *.parquet glob, then rename).
+
+    A retry of the same publish (same ids and vectors, and the same timestamps unless they
+    defaulted to now) finds its part as the folder's newest and writes nothing new; returns
+    (part, the rows it holds, whether it was written now).
+    """
     folder = Path(repo) / "data" / view
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    keyed = frame.with_columns(event_timestamp=pl.lit(0)) if defaulted_ts else frame
+    digest = _content_digest(keyed)
+    latest = _latest_part(folder)
+    if latest is not None and latest.stem.endswith(f"-{digest}"):
+        return latest, pl.read_parquet(latest), False
+    name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{digest}"
     tmp = folder / f".{name}.tmp"
     frame.write_parquet(tmp)
-    return tmp.rename(folder / f"{name}.parquet")
+    return tmp.rename(folder / f"{name}.parquet"), frame, True
 
 
 def publish(
@@ -104,30 +129,59 @@ def publish(
     t = time.perf_counter()
     frames = _validated(repo, users, items, event_timestamp)
     report.seconds["validate"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+    defaulted = event_timestamp is None and not any(
+        f is not None and "event_timestamp" in f.columns for f in (users, items)
+    )
     if lineage:
         update_lineage(repo, lineage)
-    for view, frame in frames.items():
-        report.files.append(_write_part(repo, view, frame))
+    report = publish_frames(repo, frames, materialize, defaulted_ts=defaulted, report=report)
     report.users = frames[USER_VIEW].height if USER_VIEW in frames else 0
     report.items = frames[ITEM_VIEW].height if ITEM_VIEW in frames else 0
+    return report
+
+
+def publish_frames(
+    repo: Path,
+    frames: Mapping[str, pl.DataFrame],
+    materialize: bool = True,
+    *,
+    defaulted_ts: bool = False,
+    report: PublishReport | None = None,
+) -> PublishReport:
+    """Write validated frames (view name -> prepared rows) as parts, apply, materialize.
+
+    The online store is checked first (nothing is written when it is down). Retrying after
+    a failure writes no duplicate part and re-materializes the same rows (idempotent).
+    """
+    repo = Path(repo)
+    report = report or PublishReport()
+    if materialize and frames:
+        check_online_store(repo)
+    t = time.perf_counter()
+    written: dict[str, pl.DataFrame] = {}
+    for view, frame in frames.items():
+        part, rows, _new = _write_part(repo, view, frame, defaulted_ts=defaulted_ts)
+        report.files.append(part)
+        written[view] = rows
     report.seconds["write"] = time.perf_counter() - t
 
     t = time.perf_counter()
     store = apply_repo(repo)
     report.seconds["apply"] = time.perf_counter() - t
 
-    if materialize and frames:
+    if materialize and written:
         t = time.perf_counter()
-        start = min(f["event_timestamp"].min() for f in frames.values())
-        latest = max(f["event_timestamp"].max() for f in frames.values())
+        start = min(f["event_timestamp"].min() for f in written.values())
+        latest = max(f["event_timestamp"].max() for f in written.values())
         # End at now or later: a newer vector already stored for an entity wins over an older one.
         end = max(latest + timedelta(microseconds=1), datetime.now(UTC))
         try:
-            store.materialize(start, end, feature_views=list(frames))
+            store.materialize(start, end, feature_views=list(written))
         except Exception as exc:
-            raise FeatureStoreError(f"materialize failed in {repo}: {exc}") from exc
+            raise FeatureStoreError(
+                f"materialize failed in {repo}: {exc}; the offline part files are written — "
+                "run the same publish again once the online store is back (no duplicates)"
+            ) from exc
         report.materialized = True
         report.seconds["materialize"] = time.perf_counter() - t
     return report
@@ -147,6 +201,7 @@ def push_online(
     from feast.data_source import PushMode
 
     frames = _validated(Path(repo), users, items, event_timestamp)
+    check_online_store(Path(repo))
     store = feature_store(Path(repo))
     rows = 0
     for view, frame in frames.items():

@@ -35,7 +35,7 @@ def init_feature_repo(
     ttl_seconds: int = 0,
     online_store: Mapping[str, Any] | None = None,
     offline_store: Mapping[str, Any] | None = None,
-    registry: str = "data/registry.db",
+    registry: str | Mapping[str, Any] = "data/registry.db",
     overwrite: bool = False,
 ) -> Path:
     """Render the bundled ``feature_repo/`` template into ``dest`` and return ``dest``.
@@ -59,7 +59,7 @@ def init_feature_repo(
         if src.suffix == ".j2":
             text = env.from_string(src.read_text()).render(
                 project=project,
-                registry=registry,
+                registry=registry if isinstance(registry, str) else dict(registry),
                 online_store=dict(online_store or DEFAULT_ONLINE_STORE),
                 offline_store=dict(offline_store or DEFAULT_OFFLINE_STORE),
             )

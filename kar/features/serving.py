@@ -1,0 +1,231 @@
+"""Fast serving path: one user x N candidate items as arrays for a CTR model.
+
+Items' knowledge changes only when it is refreshed, so item vectors are cached in process
+(one float32 matrix, looked up by id) and the cache is dropped when the item feature's
+version changes in the registry (checked every ``version_check_s``), after
+``item_cache_ttl_s`` (for push-only refreshes), or on :meth:`KnowledgeServer.invalidate`.
+The user's vector is read from the online store on every request. Unknown ids give zeros
+and a missing flag, never an exception.
+
+Readers: :class:`StoreReader` reads the repo's online store in process (SQLite, Redis,
+PostgreSQL: whatever ``feature_store.yaml`` names) through Feast's provider;
+:class:`HttpReader` reads Feast's own HTTP feature server (``feast serve``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kar.errors import FeatureStoreError
+from kar.features.online import KnowledgeBatch
+from kar.features.repo import (
+    ITEM_FEATURE,
+    ITEM_VIEW,
+    USER_FEATURE,
+    USER_VIEW,
+    feature_store,
+    read_settings,
+)
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """Where one entity's vectors live: feature view, feature name, join key, dimension."""
+
+    view: str
+    feature: str
+    join_key: str
+    dim: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.view}:{self.feature}"
+
+
+def resolve_feature(repo: Path, entity: str, spec: str | None) -> FeatureRef:
+    """``None``: the built-in ``<entity>_knowledge`` view; ``"name"`` / ``"name@2"``: a
+    declared feature (newest active version, or the pinned one)."""
+    from kar.features.declare import get_feature
+
+    if spec is None:
+        view, feature = (USER_VIEW, USER_FEATURE) if entity == "user" else (ITEM_VIEW, ITEM_FEATURE)
+        return FeatureRef(view, feature, f"{entity}_id", int(read_settings(repo)["vector_dim"]))
+    name, _, version = spec.partition("@")
+    try:
+        declared = get_feature(repo, name, int(version) if version else None)
+    except ValueError as exc:
+        raise FeatureStoreError(f"feature {spec!r}: version must be an integer") from exc
+    if declared.entity != entity:
+        raise FeatureStoreError(f"feature {spec!r} is a {declared.entity} feature, not {entity}")
+    if declared.retired:
+        raise FeatureStoreError(f"feature {declared.view} is retired")
+    return FeatureRef(declared.view, declared.name, declared.join_key, declared.dim)
+
+
+class Reader(Protocol):
+    def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]: ...
+
+    def revision(self, ref: FeatureRef) -> str: ...
+
+
+class StoreReader:
+    """Reads the online store in process through Feast's provider (no response building)."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = Path(repo)
+        self.store = feature_store(self.repo)
+        self._views: dict[str, Any] = {}
+
+    def _view(self, name: str) -> Any:
+        if name not in self._views:
+            try:
+                self._views[name] = self.store.get_feature_view(name)
+            except Exception as exc:
+                raise FeatureStoreError(
+                    f"feature view {name!r} is not registered in {self.repo}: publish first"
+                ) from exc
+        return self._views[name]
+
+    def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        view = self._view(ref.view)
+        key = [ref.join_key]
+        keys = [EntityKey(join_keys=key, entity_values=[Value(string_val=i)]) for i in ids]
+        try:
+            rows = self.store.provider.online_read(
+                config=self.store.config,
+                table=view,
+                entity_keys=keys,
+                requested_features=[ref.feature],
+            )
+        except Exception as exc:
+            raise FeatureStoreError(
+                f"online read of {ref.view} failed in {self.repo}: {type(exc).__name__}: {exc}"
+            ) from exc
+        oldest = datetime.now(UTC) - view.ttl if view.ttl and view.ttl.total_seconds() else None
+        out: list[np.ndarray | None] = []
+        for ts, values in rows:
+            value = values.get(ref.feature) if values else None
+            if value is None or (oldest is not None and ts is not None and ts < oldest):
+                out.append(None)
+                continue
+            out.append(np.asarray(value.float_list_val.val, dtype=np.float32))
+        return out
+
+    def revision(self, ref: FeatureRef) -> str:
+        """A token that changes when the view is re-applied or re-materialized."""
+        self.store.refresh_registry()
+        self._views.pop(ref.view, None)
+        view = self._view(ref.view)
+        return f"{view.last_updated_timestamp}|{len(view.materialization_intervals)}|{view.tags}"
+
+
+class HttpReader:
+    """Reads Feast's HTTP feature server (``feast serve``) at ``url``."""
+
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
+        body = json.dumps({"features": [ref.ref], "entities": {ref.join_key: list(ids)}})
+        request = urllib.request.Request(
+            f"{self.url}/get-online-features",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = json.loads(response.read())
+        except Exception as exc:
+            raise FeatureStoreError(f"feature server {self.url} failed: {exc}") from exc
+        names = payload["metadata"]["feature_names"]
+        result = payload["results"][names.index(ref.feature)]
+        return [
+            np.asarray(v, dtype=np.float32) if s == "PRESENT" and v is not None else None
+            for v, s in zip(result["values"], result["statuses"], strict=True)
+        ]
+
+    def revision(self, ref: FeatureRef) -> str:
+        return ""  # the server holds no registry handle here: rely on the cache TTL
+
+
+class KnowledgeServer:
+    """One user x N candidates -> :class:`KnowledgeBatch`, item vectors cached in process.
+
+    ``user_feature`` / ``item_feature``: ``None`` for the built-in views, or a declared
+    feature ``"name@version"`` (a model trained on version 1 keeps reading version 1).
+    """
+
+    def __init__(
+        self,
+        repo: Path,
+        user_feature: str | None = None,
+        item_feature: str | None = None,
+        *,
+        reader: Reader | None = None,
+        item_cache_ttl_s: float = 300.0,
+        version_check_s: float = 30.0,
+    ) -> None:
+        self.repo = Path(repo)
+        self.user = resolve_feature(self.repo, "user", user_feature)
+        self.item = resolve_feature(self.repo, "item", item_feature)
+        self.reader: Reader = reader or StoreReader(self.repo)
+        self.item_cache_ttl_s = item_cache_ttl_s
+        self.version_check_s = version_check_s
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Drop the item cache (the next request re-reads the items it needs)."""
+        self._index: dict[str, int] = {}
+        self._matrix = np.zeros((1024, self.item.dim), dtype=np.float32)
+        self._filled_at = time.monotonic()
+        self._checked_at = self._filled_at
+        self._revision = self.reader.revision(self.item)
+
+    def _maybe_invalidate(self) -> None:
+        now = time.monotonic()
+        if now - self._filled_at > self.item_cache_ttl_s:
+            self.invalidate()
+        elif now - self._checked_at > self.version_check_s:
+            self._checked_at = now
+            if self.reader.revision(self.item) != self._revision:
+                self.invalidate()
+
+    def _cache(self, ids: list[str]) -> None:
+        for item_id, vector in zip(ids, self.reader.read(self.item, ids), strict=True):
+            if vector is None or vector.shape != (self.item.dim,):
+                continue  # not cached: a later refresh may add it
+            row = len(self._index)
+            if row == len(self._matrix):
+                self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
+            self._matrix[row] = vector
+            self._index[item_id] = row
+
+    def get(self, user_id: str, item_ids: Sequence[str]) -> KnowledgeBatch:
+        """The user's vector (read now) and the candidates' (cached), in candidate order."""
+        self._maybe_invalidate()
+        index = self._index
+        ids = [str(i) for i in item_ids]
+        unseen = list(dict.fromkeys(i for i in ids if i not in index))
+        if unseen:
+            self._cache(unseen)
+        rows = np.fromiter((index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        missing = rows < 0
+        items = self._matrix[np.where(missing, 0, rows)]
+        items[missing] = 0.0
+        (user,) = self.reader.read(self.user, [str(user_id)])
+        if user is None or user.shape != (self.user.dim,):
+            return KnowledgeBatch(np.zeros(self.user.dim, np.float32), items, True, missing)
+        return KnowledgeBatch(user, items, False, missing)
