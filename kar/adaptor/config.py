@@ -17,12 +17,13 @@ class AdaptorConfig(BaseModel):
 
     ``hea``: per kind a softmax gate over ``n_shared`` shared + ``n_specific`` kind experts;
     ``moe``: ``n_shared`` experts shared by both kinds, one gate per kind (``n_specific`` = 0);
-    ``mlp``: one MLP per kind, no gate.
+    ``mlp``: one MLP per kind, no gate;
+    ``raw``: no adaptor -- the raw encodings go to the backbone as they are (an ablation).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["hea", "moe", "mlp"] = "hea"
+    type: Literal["hea", "moe", "mlp", "raw"] = "hea"
     n_shared: int = Field(2, ge=0)
     n_specific: int = Field(2, ge=0)
     expert_hidden: list[int] = Field(default_factory=lambda: [128])
@@ -34,7 +35,7 @@ class AdaptorConfig(BaseModel):
     def _check_experts(self) -> AdaptorConfig:
         if self.type == "moe" and self.n_specific:
             raise ValueError("moe has only shared experts: set n_specific to 0")
-        if self.type != "mlp" and self.n_shared + self.n_specific < 1:
+        if self.type in ("hea", "moe") and self.n_shared + self.n_specific < 1:
             raise ValueError(f"{self.type} needs at least one expert")
         return self
 

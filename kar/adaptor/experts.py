@@ -75,10 +75,22 @@ class MLPAdaptor(KnowledgeAdaptor):
         return self.nets[kind](x)
 
 
+class RawAdaptor(KnowledgeAdaptor):
+    """No parameters: passes the raw encodings through (the "raw encodings" ablation)."""
+
+    def __init__(self, config: AdaptorConfig, input_dim: int) -> None:
+        super().__init__(config, input_dim)
+        self.out_dim = input_dim
+
+    def encode(self, kind: str, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 ADAPTORS: dict[str, type[KnowledgeAdaptor]] = {
     "hea": HybridExpertAdaptor,
     "moe": MoEAdaptor,
     "mlp": MLPAdaptor,
+    "raw": RawAdaptor,
 }
 
 

@@ -28,3 +28,37 @@ class DINConfig(ModelConfig):
     """DIN: attention over the behaviour sequence w.r.t. the target item."""
 
     attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+
+
+class DCNv2Config(ModelConfig):
+    """DCN-V2: full-rank cross layers beside the deep tower (parallel structure)."""
+
+    cross_layers: int = Field(3, ge=1)
+
+
+class AutoIntConfig(ModelConfig):
+    """AutoInt: multi-head self-attention over field embeddings, residual connections."""
+
+    attention_layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    attention_dim: int = Field(16, ge=1)  # per head
+
+
+class XDeepFMConfig(ModelConfig):
+    """xDeepFM: a compressed interaction network (CIN) beside the deep tower."""
+
+    cin_layers: list[int] = Field(default_factory=lambda: [32, 32])
+
+
+class FiBiNetConfig(ModelConfig):
+    """FiBiNET: SENET field re-weighting + bilinear interactions, then the deep tower."""
+
+    reduction_ratio: int = Field(3, ge=1)
+    bilinear_type: str = Field("field_all", pattern="^(field_all|field_each|field_interaction)$")
+
+
+class DIENConfig(ModelConfig):
+    """DIEN: a GRU interest extractor and an attention-updated GRU (AUGRU) interest evolver."""
+
+    gru_hidden: int | None = Field(None, ge=1)  # None: embedding_dim
+    attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
