@@ -10,6 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kar.data.demo import DEMO_USERS
+from kar.exports.cli import export as export_command
+from kar.features.cli import register as register_feature_commands
+from kar.models.cli import models_app
+from kar.refresh.cli import refresh_app
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -29,6 +35,10 @@ data_app = typer.Typer(help="Datasets: download MovieLens.", no_args_is_help=Tru
 features_app = typer.Typer(help="Knowledge features in the Feast repository.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+register_feature_commands(features_app)  # kar/features/cli.py (issue 5)
+app.add_typer(refresh_app, name="refresh")  # kar/refresh/cli.py (issue 6)
+app.add_typer(models_app, name="models")  # kar/models/cli.py (issue 4)
+app.command("export")(export_command)  # kar/exports/cli.py (issue 4)
 console = Console()
 
 ProjectDir = typer.Option(Path("."), "--project", "-p", help="Project folder (with kar.yaml).")
@@ -62,7 +72,7 @@ def _run(fn, *args, **kwargs):
 @app.command()
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder to create the project in."),
-    users: int = typer.Option(200, help="Number of synthetic demo users."),
+    users: int = typer.Option(DEMO_USERS, help="Number of synthetic demo users."),
     seed: int = typer.Option(0, help="Seed of the synthetic demo users."),
     force: bool = typer.Option(False, help="Overwrite an existing kar.yaml."),
 ) -> None:
@@ -137,7 +147,7 @@ def evaluate(
 @app.command()
 def quickstart(
     directory: Path = typer.Argument(Path("."), help="Folder for the demo project."),
-    users: int = typer.Option(200, help="Number of synthetic demo users."),
+    users: int = typer.Option(DEMO_USERS, help="Number of synthetic demo users."),
 ) -> None:
     """Every stage on the demo: init, generate, encode, train, publish, evaluate, online read."""
     from kar.pipeline import run_quickstart
@@ -189,5 +199,27 @@ def data_fetch(
     console.print(f"downloaded {name} to {path}")
 
 
+def main() -> None:
+    """The ``kar`` entry point.
+
+    duckdb (under Feast's offline store) prints "nanobind: leaked instances" warnings while
+    the interpreter tears down; once it is loaded, exit straight after flushing instead.
+    """
+    import logging
+    import sys
+
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if "duckdb" not in sys.modules:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kar.data.demo import DEMO_USERS
 from kar.errors import KarError
 from kar.project import CONFIG_FILE, Project, ProjectSettings
 from kar.resources import bundled_dir
@@ -40,7 +41,9 @@ def timed_stage(project: Project, stage: str) -> Iterator[None]:
     path.write_text(json.dumps(timings, indent=2))
 
 
-def init_project(dest: Path, *, n_users: int = 200, seed: int = 0, force: bool = False) -> Project:
+def init_project(
+    dest: Path, *, n_users: int = DEMO_USERS, seed: int = 0, force: bool = False
+) -> Project:
     """Create a project: demo dataset, scenarios, adaptor configs and a Feast repository."""
     from kar.data import write_demo_dataset
     from kar.features import init_feature_repo
@@ -53,7 +56,10 @@ def init_project(dest: Path, *, n_users: int = 200, seed: int = 0, force: bool =
         shutil.copytree(bundled_dir(name), dest / name, dirs_exist_ok=True)
     write_demo_dataset(dest / "data", n_users=n_users, seed=seed)
     project = Project(dest, ProjectSettings())
-    init_feature_repo(project.feature_repo, project=project.settings.features.project)
+    fs = project.settings.features
+    init_feature_repo(
+        project.feature_repo, project=fs.project, online_store=fs.online_store, registry=fs.registry
+    )
     project.save()
     return project
 
@@ -104,7 +110,7 @@ def build_prompts(project: Project, dataset: Dataset, split: Split) -> list[Any]
     return users + items
 
 
-def _sampling(project: Project, kind: str) -> Any:
+def sampling_params(project: Project, kind: str) -> Any:
     """Sampling parameters for a knowledge kind: the scenario's limits unless kar.yaml sets them."""
     from kar.prompts import Scenario
     from kar.records import KIND_USER
@@ -145,56 +151,72 @@ class LazyBackend:
         return self._backend.generate(batch, params)
 
 
-def run_generate(
-    project: Project, *, limit: int | None = None, progress: bool = True
+def answer_prompts(
+    project: Project, prompts: list[Any], *, store: Any = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Ask the LLM every prompt not yet answered; answers land in the knowledge store.
-
-    Returns one generation report per knowledge kind.
-    """
+    """Ask the LLM the prompts not yet answered, per knowledge kind; one report per kind."""
     from kar.generation import KnowledgeStore, generate_knowledge
     from kar.records import KIND_ITEM, KIND_USER
 
-    with timed_stage(project, "generate"):
-        dataset, split = load_data(project)
-        prompts = build_prompts(project, dataset, split)
-        store = KnowledgeStore(project.knowledge_store_url)
-        backend = LazyBackend(project)
-        reports = {}
-        for kind in (KIND_USER, KIND_ITEM):
-            todo = [p for p in prompts if p.kind == kind][:limit]
+    store = store or KnowledgeStore(project.knowledge_store_url)
+    backend = LazyBackend(project)
+    gen = project.settings.generation
+    reports = {}
+    for kind in (KIND_USER, KIND_ITEM):
+        todo = [p for p in prompts if p.kind == kind]
+        if todo:
             reports[kind] = generate_knowledge(
                 todo,
                 backend,
                 store,
-                _sampling(project, kind),
-                batch_size=project.settings.generation.batch_size,
-                max_retries=project.settings.generation.max_retries,
-                truncated=project.settings.generation.truncated,
+                sampling_params(project, kind),
+                batch_size=gen.batch_size,
+                max_retries=gen.max_retries,
+                truncated=gen.truncated,
                 progress=progress,
             )
     return reports
 
 
+def run_generate(
+    project: Project, *, limit: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Every user-preference and item-fact prompt of the project (at most ``limit`` per kind)."""
+    with timed_stage(project, "generate"):
+        dataset, split = load_data(project)
+        prompts = build_prompts(project, dataset, split)
+        if limit is not None:
+            kinds = {p.kind for p in prompts}
+            prompts = [p for kind in kinds for p in [q for q in prompts if q.kind == kind][:limit]]
+        return answer_prompts(project, prompts, progress=progress)
+
+
+def make_encoder(project: Project) -> Any:
+    """The project's text encoder, with its on-disk vector cache."""
+    from kar.encoding import TextEncoder, VectorCache
+
+    enc = project.settings.encoding
+    return TextEncoder(
+        enc.model,
+        pooling=enc.pooling,
+        max_length=enc.max_length,
+        batch_size=enc.batch_size,
+        cache=VectorCache(project.vector_cache_path),
+    )
+
+
 def run_encode(project: Project, *, progress: bool = True) -> Any:
     """Encode every answered prompt (history + reasoning for users, facts for items)."""
-    from kar.encoding import TextEncoder, VectorCache, encode_knowledge
+    from kar.encoding import encode_knowledge
     from kar.generation import KnowledgeStore
 
     with timed_stage(project, "encode"):
-        enc = project.settings.encoding
-        store = KnowledgeStore(project.knowledge_store_url)
-        answers = store.answers(scenario=project.settings.scenario)
+        answers = KnowledgeStore(project.knowledge_store_url).answers(
+            scenario=project.settings.scenario
+        )
         if answers.height == 0:
             raise KarError("the knowledge store has no answers yet: run `kar generate` first")
-        encoder = TextEncoder(
-            enc.model,
-            pooling=enc.pooling,
-            max_length=enc.max_length,
-            batch_size=enc.batch_size,
-            cache=VectorCache(project.vector_cache_path),
-        )
-        vectors = encode_knowledge(answers, encoder)
+        vectors = encode_knowledge(answers, make_encoder(project), progress=progress)
         vectors.save(project.encoded_dir)
     return vectors
 
@@ -335,7 +357,7 @@ def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: 
     return summarize(results), md, png
 
 
-def run_quickstart(directory: Path, *, n_users: int = 200, console: Any = None) -> Project:
+def run_quickstart(directory: Path, *, n_users: int = DEMO_USERS, console: Any = None) -> Project:
     """Every stage on the demo, in one go; reruns resume where the last run stopped."""
     from rich.console import Console
 

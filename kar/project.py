@@ -6,8 +6,9 @@ and each stage receives exactly the section it needs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,6 +72,11 @@ class TrainingSettings(_Section):
 class FeatureSettings(_Section):
     repo: str = "feature_repo"
     project: str = "kar_demo"
+    # Feast stores (written into feature_store.yaml at init; ${VAR} is read from the
+    # environment): None = SQLite file; e.g. {type: redis, connection_string: "${KAR_REDIS}"}
+    online_store: dict[str, Any] | None = None
+    # a file path, or {registry_type: sql, path: "postgresql+psycopg://..."}
+    registry: str | dict[str, Any] = "data/registry.db"
 
 
 class ProjectSettings(_Section):
@@ -126,8 +132,9 @@ class Project:
 
     @property
     def knowledge_store_url(self) -> str:
-        """The store URL; a relative SQLite path is resolved against the project folder."""
-        url = self.settings.knowledge_store
+        """The store URL (``${VAR}`` read from the environment, e.g. a PostgreSQL password);
+        a relative SQLite path is resolved against the project folder."""
+        url = os.path.expandvars(self.settings.knowledge_store)
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/"):
             target = self.root / url[len(prefix) :]

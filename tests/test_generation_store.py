@@ -306,7 +306,9 @@ class FakeTruncatingBackend:  # fake: stands in for an LLM only in truncation-po
         for messages in batch:
             entity_id = messages[-1]["content"].split()[-1]
             self.sent.append(entity_id)
-            outputs.append(GenerationOutput(self.texts[entity_id], 7, params.max_new_tokens, "length"))
+            outputs.append(
+                GenerationOutput(self.texts[entity_id], 7, params.max_new_tokens, "length")
+            )
         return outputs
 
 

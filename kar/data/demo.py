@@ -83,7 +83,10 @@ def _item_traits(items: pl.DataFrame, genres: list[str]) -> tuple[np.ndarray, np
     return onehot, traits
 
 
-def simulate_demo(n_users: int = 200, seed: int = 0, n_items: int | None = 300) -> DemoWorld:
+DEMO_USERS = 150  # keeps `kar quickstart` well under 15 minutes on 2 CPU cores
+
+
+def simulate_demo(n_users: int = DEMO_USERS, seed: int = 0, n_items: int | None = 300) -> DemoWorld:
     """Simulate the demo world, deterministically for a given (n_users, seed, n_items)."""
     if n_users < 1:
         raise ValueError("n_users must be >= 1")
@@ -163,7 +166,7 @@ def simulate_demo(n_users: int = 200, seed: int = 0, n_items: int | None = 300) 
 
 
 def write_demo_dataset(
-    dir: str | Path, n_users: int = 200, seed: int = 0, n_items: int | None = 300
+    dir: str | Path, n_users: int = DEMO_USERS, seed: int = 0, n_items: int | None = 300
 ) -> dict[str, Path]:
     """Write items.csv, users.csv, interactions.csv (UTF-8, generic format) into ``dir``.
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import polars as pl
 
-from kar.errors import DataValidationError
+from kar.errors import ConfigError, DataValidationError
 
 from .schema import Dataset
 from .tables import Source, assemble_dataset, load_table_dataset
@@ -171,7 +171,7 @@ def load_movielens(
     trailing articles move to the front (``"Godfather, The"`` -> ``"The Godfather"``).
     """
     path = Path(path)
-    variant = variant or detect_variant(path)
+    variant = variant.removeprefix("ml-") if variant else detect_variant(path)  # "ml-100k" ok
     rfile = Path(ratings) if ratings is not None else None
     name = f"ml-{variant}"
     if variant == "latest-small":
@@ -192,7 +192,7 @@ def load_movielens(
         return ds
     loaders = {"100k": _load_100k, "1m": _load_1m}
     if variant not in loaders:
-        raise ValueError(f"unknown MovieLens variant {variant!r}; use 100k, 1m or latest-small")
+        raise ConfigError(f"unknown MovieLens variant {variant!r}; use 100k, 1m or latest-small")
     inter, items, users = loaders[variant](path, rfile)
     return assemble_dataset(
         name,
