@@ -96,6 +96,12 @@ def idx(f: CTRFeatures, kind: str, entity: str) -> int:
     return int(vocab.filter(pl.col(f"{kind}_id") == entity)[f"{kind}_id_idx"][0])
 
 
+def kidx(f: CTRFeatures, kind: str, entity: str) -> int:
+    """Row of ``entity`` in the knowledge matrices (over every user / item)."""
+    vocab = f.knowledge_users if kind == "user" else f.knowledge_items
+    return int(vocab.filter(pl.col(f"{kind}_id") == entity)[f"{kind}_id_idx"][0])
+
+
 def test_behaviour_sequence_is_strictly_before_and_positive_only(tiny):
     ds, split = tiny
     f = CTRFeatures.build(ds, split, history_len=3)
@@ -132,13 +138,29 @@ def test_knowledge_matrix_and_missing_flags(tiny):
     users = random_knowledge(["a"], dim=4)
     items = random_knowledge(["i1", "i2", "i9"], dim=4)
     f = CTRFeatures.build(ds, split, knowledge_users=users, knowledge_items=items)
-    assert f.user_knowledge.shape == (3, 4) and f.item_knowledge.shape == (4, 4)
-    a, b = idx(f, "user", "a"), idx(f, "user", "b")
+    assert f.user_knowledge.shape == (f.knowledge_users.height + 1, 4)
+    assert f.item_knowledge.shape == (f.knowledge_items.height + 1, 4)
+    a, b = kidx(f, "user", "a"), kidx(f, "user", "b")
     np.testing.assert_array_equal(f.user_knowledge[a], users["vector"][0].to_numpy())
     assert f.user_missing[a] == 0 and f.user_missing[b] == 1 and f.user_missing[0] == 1
     assert not f.user_knowledge[b].any()
-    assert f.item_missing[idx(f, "item", "i4")] == 1
+    assert f.item_missing[kidx(f, "item", "i4")] == 1
     assert not f.without_knowledge().has_knowledge and f.has_knowledge
+
+
+def test_cold_start_item_keeps_its_knowledge(tiny):
+    """i9 is first seen in valid: no id embedding (index 0), but its LLM knowledge is used."""
+    ds, split = tiny
+    items = random_knowledge(["i1", "i2", "i9"], dim=4)
+    f = CTRFeatures.build(
+        ds, split, knowledge_users=random_knowledge(["a"], dim=4), knowledge_items=items
+    )
+    valid = f.arrays["valid"]
+    row = split.valid["item_id"].to_list().index("i9")
+    assert valid["item"][row] == 0
+    k = valid["item_k"][row]
+    assert k == kidx(f, "item", "i9") and f.item_missing[k] == 0
+    np.testing.assert_array_equal(f.item_knowledge[k], items["vector"][2].to_numpy())
 
 
 def test_bad_knowledge_vectors_are_rejected(tiny):

@@ -56,13 +56,7 @@ def restrict_knowledge(features: CTRFeatures, kinds: str) -> CTRFeatures:
 
 def with_encodings(features: CTRFeatures, users: pl.DataFrame, items: pl.DataFrame) -> CTRFeatures:
     """The same samples with other raw knowledge encodings (e.g. another pooling)."""
-    from kar.models.inputs import knowledge_matrix
-
-    uk, um = knowledge_matrix(users, features.users, "user_id", features.n_users + 1, "user")
-    ik, im = knowledge_matrix(items, features.items, "item_id", features.n_items + 1, "item")
-    return dataclasses.replace(
-        features, user_knowledge=uk, user_missing=um, item_knowledge=ik, item_missing=im
-    )
+    return features.with_knowledge(users, items)
 
 
 @dataclass(frozen=True)

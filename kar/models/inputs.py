@@ -1,12 +1,16 @@
 """CTR model inputs: ids -> indices, attributes, behaviour sequences, knowledge matrices.
 
-Index 0 is always padding / unknown. Id vocabularies are fitted on history + train only, so
-ids first seen in valid / test map to 0. Behaviour sequences hold the user's last
-``history_len`` positive items strictly before each sample's timestamp, over all interactions.
+Index 0 is always padding / unknown. Id-embedding vocabularies are fitted on history + train
+only, so ids first seen in valid / test map to 0. Knowledge is looked up through a separate
+index over every user and item of the dataset (``user_k`` / ``item_k``): the LLM's knowledge
+of an item never seen in training still reaches the model (KAR's cold-start benefit).
+Behaviour sequences hold the user's last ``history_len`` positive items strictly before each
+sample's timestamp, over all interactions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -114,8 +118,10 @@ def behaviour_sequences(
 class CTRFeatures:
     """Everything a CTR model needs, as index arrays; build with :meth:`build`."""
 
-    users: pl.DataFrame  # user_id, user_id_idx
+    users: pl.DataFrame  # user_id, user_id_idx (id embeddings: history + train)
     items: pl.DataFrame  # item_id, item_id_idx
+    knowledge_users: pl.DataFrame  # user_id, user_id_idx over every user (knowledge rows)
+    knowledge_items: pl.DataFrame  # item_id, item_id_idx over every item
     user_attr_names: list[str]
     user_attr_sizes: list[int]  # cardinality incl. index 0
     item_attr_names: list[str]  # year_bucket, creator
@@ -125,9 +131,9 @@ class CTRFeatures:
     arrays: dict[str, dict[str, np.ndarray]]  # split -> name -> array
     samples: dict[str, pl.DataFrame]  # split -> user_id, item_id, timestamp, label
     events: pl.DataFrame  # every interaction (history + splits): user_id, item_id, timestamp, label
-    user_knowledge: np.ndarray | None = None  # (n_users + 1, d)
-    item_knowledge: np.ndarray | None = None  # (n_items + 1, d)
-    user_missing: np.ndarray | None = None  # (n_users + 1,) 1.0 where no knowledge
+    user_knowledge: np.ndarray | None = None  # (knowledge_users.height + 1, d)
+    item_knowledge: np.ndarray | None = None  # (knowledge_items.height + 1, d)
+    user_missing: np.ndarray | None = None  # 1.0 where no knowledge
     item_missing: np.ndarray | None = None
     meta: dict[str, object] = field(default_factory=dict)
 
@@ -171,6 +177,27 @@ class CTRFeatures:
             "item_missing": torch.from_numpy(self.item_missing),
         }
 
+    def with_knowledge(self, users: pl.DataFrame, items: pl.DataFrame) -> CTRFeatures:
+        """The same samples with raw knowledge vectors (entity_id, vector) for users and items."""
+        user_k, user_missing = knowledge_matrix(
+            users, self.knowledge_users, "user_id", self.knowledge_users.height + 1, "user"
+        )
+        item_k, item_missing = knowledge_matrix(
+            items, self.knowledge_items, "item_id", self.knowledge_items.height + 1, "item"
+        )
+        if user_k.shape[1] != item_k.shape[1]:
+            raise DataValidationError(
+                f"user knowledge dim {user_k.shape[1]} != item knowledge dim {item_k.shape[1]}",
+                field="vector",
+            )
+        return dataclasses.replace(
+            self,
+            user_knowledge=user_k,
+            user_missing=user_missing,
+            item_knowledge=item_k,
+            item_missing=item_missing,
+        )
+
     def without_knowledge(self) -> CTRFeatures:
         """The same features with the knowledge matrices dropped."""
         return CTRFeatures(
@@ -210,6 +237,9 @@ class CTRFeatures:
         fit = pl.concat([frames["history"], frames["train"]])
         users = _vocab(fit["user_id"], "user_id")
         items = _vocab(fit["item_id"], "item_id")
+        all_events = pl.concat(frames.values())
+        k_users = _vocab(pl.concat([ds.users["user_id"], all_events["user_id"]]), "user_id")
+        k_items = _vocab(pl.concat([ds.items["item_id"], all_events["item_id"]]), "item_id")
 
         # user attributes: every str column of the users table besides user_id
         user_attr_names = [c for c in ds.users.columns if c != "user_id"]
@@ -276,6 +306,8 @@ class CTRFeatures:
             arrays[s] = {
                 "user": _lookup(frame, "user_id", users, "user").to_numpy(),
                 "item": _lookup(frame, "item_id", items, "item").to_numpy(),
+                "user_k": _lookup(frame, "user_id", k_users, "user_k").to_numpy(),
+                "item_k": _lookup(frame, "item_id", k_items, "item_k").to_numpy(),
                 "user_attrs": (
                     ua.select(user_attr_names).fill_null(0).to_numpy().astype(np.int64)
                     if user_attr_names
@@ -294,6 +326,8 @@ class CTRFeatures:
         out = cls(
             users=users,
             items=items,
+            knowledge_users=k_users,
+            knowledge_items=k_items,
             user_attr_names=user_attr_names,
             user_attr_sizes=user_attr_sizes,
             item_attr_names=["year_bucket", "creator"],
@@ -306,16 +340,5 @@ class CTRFeatures:
             meta={"dataset": ds.name},
         )
         if knowledge_users is not None and knowledge_items is not None:
-            out.user_knowledge, out.user_missing = knowledge_matrix(
-                knowledge_users, users, "user_id", users.height + 1, "user"
-            )
-            out.item_knowledge, out.item_missing = knowledge_matrix(
-                knowledge_items, items, "item_id", items.height + 1, "item"
-            )
-            if out.user_knowledge.shape[1] != out.item_knowledge.shape[1]:
-                raise DataValidationError(
-                    f"user knowledge dim {out.user_knowledge.shape[1]} != item knowledge dim "
-                    f"{out.item_knowledge.shape[1]}",
-                    field="vector",
-                )
+            out = out.with_knowledge(knowledge_users, knowledge_items)
         return out

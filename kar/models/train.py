@@ -51,7 +51,7 @@ class KARModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         know = None
         if self.adaptor is not None:
-            u, i = batch["user"], batch["item"]
+            u, i = batch["user_k"], batch["item_k"]
             user_vec, item_vec = self.adaptor(self.user_knowledge[u], self.item_knowledge[i])
             know = Knowledge(user_vec, item_vec, self.user_missing[u], self.item_missing[i])
         return self.backbone(batch, know)

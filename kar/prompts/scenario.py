@@ -37,6 +37,42 @@ class GenerationLimits(BaseModel):
     item_max_new_tokens: int = Field(128, ge=1, le=8192)
 
 
+class CollectiveTemplates(BaseModel):
+    """REKI-style collective questions: one per cluster of users or of items.
+
+    collective_user: ``item_noun, factors, n_members, history`` (list of {title, year,
+    watched, liked, line}), ``history_text``; collective_item: ``item_noun, factors,
+    n_members, members`` (list of {title, year, line}), ``members_text``, ``genres_text``.
+    Not part of :attr:`Scenario.version` (individual prompts are unchanged by them).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_template: str = Field(
+        "These users, judging by what they watched together ({{ n_members }} users; the "
+        "{{ item_noun }}s most of them rated):\n{{ history_text }}\nWhat do these users have "
+        "in common? Analyze their shared preferences for {{ item_noun }}s, considering "
+        'factors such as {{ factors | join(", ") }}. Answer in at most three sentences.',
+        min_length=1,
+    )
+    item_template: str = Field(
+        "These {{ item_noun }}s are liked by the same people ({{ n_members }} in the group, "
+        "e.g.):\n{{ members_text }}\nThese {{ item_noun }}s have in common ... Describe what "
+        'they share, including {{ factors | join(", ") }}. Answer in at most three sentences.',
+        min_length=1,
+    )
+    members_shown: int = Field(10, ge=1, le=200)  # list lines rendered per cluster
+
+    @field_validator("user_template", "item_template")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            _ENV.parse(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+        return value
+
+
 class Scenario(BaseModel):
     """A domain's factorised prompts: factors, system prompt, user and item templates.
 
@@ -64,6 +100,8 @@ class Scenario(BaseModel):
     user_attributes: list[str] = Field(default_factory=list)  # users columns in the profile
     empty_history_text: str = "No history yet."
     generation: GenerationLimits = Field(default_factory=GenerationLimits)
+    # collective (cluster) questions; None: the generic defaults of CollectiveTemplates
+    collective: CollectiveTemplates | None = None
     source: Path | None = Field(None, exclude=True)
 
     _templates: dict[str, Template] = PrivateAttr(default_factory=dict)
@@ -125,6 +163,11 @@ class Scenario(BaseModel):
         self.render_system()
         self.render_user(sample_user_vars(self))
         self.render_item(sample_item_vars(self))
+        if self.collective is not None:
+            from kar.prompts.collective import sample_collective_vars
+
+            for entity_type in ("user", "item"):
+                self.render_collective(entity_type, sample_collective_vars(self, entity_type))
 
     # -- identity ------------------------------------------------------------------------
 
@@ -174,6 +217,29 @@ class Scenario(BaseModel):
     def render_item(self, variables: dict[str, Any]) -> str:
         base = {"item_noun": self.item_noun, "factors": self.item_factors}
         return self._render("item_template", {**base, **variables})
+
+    @property
+    def collective_templates(self) -> CollectiveTemplates:
+        return self.collective or CollectiveTemplates()
+
+    @property
+    def collective_version(self) -> str:
+        """Version of the cluster questions: the scenario's version + the collective templates."""
+        return stable_hash(
+            {"scenario": self.version, "collective": self.collective_templates.model_dump()},
+            length=12,
+        )
+
+    def render_collective(self, entity_type: str, variables: dict[str, Any]) -> str:
+        """The question about one cluster of users (``"user"``) or items (``"item"``)."""
+        if entity_type not in ("user", "item"):
+            raise ValueError(f"entity_type must be 'user' or 'item', got {entity_type!r}")
+        factors = self.user_factors if entity_type == "user" else self.item_factors
+        field = f"collective.{entity_type}_template"
+        if field not in self._templates:
+            source = getattr(self.collective_templates, f"{entity_type}_template")
+            self._templates[field] = _ENV.from_string(source)
+        return self._render(field, {"item_noun": self.item_noun, "factors": factors, **variables})
 
     def _render(self, field: str, variables: dict[str, Any]) -> str:
         try:

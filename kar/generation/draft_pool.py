@@ -1,0 +1,195 @@
+"""Draft tokens from a pool of earlier answers: an n-gram index over token sequences.
+
+Speculative decoding from a knowledge pool (DARE/LASER style): answers of the same
+scenario and kind are phrased alike, so the continuation of the last few generated tokens
+in an earlier answer is a good guess of what the model says next. :class:`NgramIndex`
+maps every n-gram (``min_n..max_n`` tokens) to where it ends; :meth:`NgramIndex.draft`
+walks the continuations of all matches of the longest matching suffix and follows the
+most common next token (a trie walk over the matches), so the draft is what most similar
+answers said. :class:`KnowledgePool` holds one index per (scenario, kind), built from a
+:class:`~kar.generation.store.KnowledgeStore`, and routes a conversation to its index by
+the prompt hash of registered :class:`~kar.records.PromptRecord`\\ s.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kar.errors import ConfigError
+from kar.records import PromptRecord, stable_hash
+
+if TYPE_CHECKING:
+    from kar.generation.backend import ChatMessages
+    from kar.generation.store import KnowledgeStore
+
+SEP = -1  # between documents: no n-gram or continuation crosses it
+
+
+@dataclass
+class NgramIndex:
+    """Token documents and an index ``n-gram -> end positions`` (in insertion order).
+
+    Documents added first are matched first (put answers of similar entities first).
+    ``max_matches`` caps the positions kept per n-gram, which bounds the draft cost.
+    """
+
+    min_n: int = 2
+    max_n: int = 4
+    max_matches: int = 64
+    tokens: list[int] = field(default_factory=list)
+    doc_of: list[int] = field(default_factory=list)  # position -> document number
+    doc_ids: list[str] = field(default_factory=list)
+    _index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_n <= self.max_n:
+            raise ConfigError(f"need 1 <= min_n <= max_n, got {self.min_n}, {self.max_n}")
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def add(self, tokens: Sequence[int], doc_id: str = "") -> None:
+        """Append one document and index its n-grams."""
+        doc = len(self.doc_ids)
+        self.doc_ids.append(doc_id)
+        start = len(self.tokens)
+        self.tokens.extend(int(t) for t in tokens)
+        self.tokens.append(SEP)
+        self.doc_of.extend([doc] * (len(tokens) + 1))
+        toks = self.tokens
+        for end in range(start, len(toks) - 1):  # end: position of the n-gram's last token
+            for n in range(self.min_n, self.max_n + 1):
+                if end - n + 1 < start:
+                    break
+                key = tuple(toks[end - n + 1 : end + 1])
+                hits = self._index.setdefault(key, [])
+                if len(hits) < self.max_matches:
+                    hits.append(end)
+
+    def matches(self, context: Sequence[int]) -> tuple[int, list[int]]:
+        """``(n, end positions)`` of the longest suffix of ``context`` found (n = 0: none)."""
+        for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
+            hits = self._index.get(tuple(context[-n:]))
+            if hits:
+                return n, hits
+        return 0, []
+
+    def draft(
+        self, context: Sequence[int], k: int, prefer: Mapping[int, int] | None = None
+    ) -> list[int]:
+        """Up to ``k`` tokens that followed the longest matching suffix of ``context``.
+
+        ``prefer`` (document number -> rank) puts matches in those documents first; at
+        each step the most common next token wins, ties going to the earliest match.
+        """
+        _, hits = self.matches(context)
+        if not hits or k <= 0:
+            return []
+        if prefer:
+            last = len(prefer)
+            hits = sorted(hits, key=lambda p: prefer.get(self.doc_of[p], last))
+        return continue_matches(self.tokens, hits, k)
+
+
+def continue_matches(tokens: Sequence[int], ends: Sequence[int], k: int) -> list[int]:
+    """Majority walk over the continuations of ``ends`` in ``tokens`` (at most ``k``)."""
+    out: list[int] = []
+    alive = list(ends)
+    for step in range(1, k + 1):
+        nexts = [(p, tokens[p + step]) for p in alive if p + step < len(tokens)]
+        nexts = [(p, t) for p, t in nexts if t != SEP]
+        if not nexts:
+            break
+        best = Counter(t for _, t in nexts).most_common(1)[0][0]
+        out.append(best)
+        alive = [p for p, t in nexts if t == best]
+    return out
+
+
+@dataclass
+class KnowledgePool:
+    """Earlier answers, tokenised, one :class:`NgramIndex` per (scenario, kind).
+
+    ``prefix`` (e.g. the chat template's generation prompt tokens) is put before every
+    answer so the first tokens of a new answer can be drafted too; ``eos`` is appended to
+    answers that ended by themselves. ``neighbours(entity_id)`` (optional) lists entities
+    similar to a prompt's entity, most similar first: their answers are matched first.
+    """
+
+    encode: Callable[[str], list[int]]
+    prefix: Sequence[int] = ()
+    eos: int | None = None
+    min_n: int = 2
+    max_n: int = 4
+    max_matches: int = 64
+    neighbours: Callable[[str], Sequence[str]] | None = None
+    indexes: dict[tuple[str, str], NgramIndex] = field(default_factory=dict)
+    _routes: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    _doc_number: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+    def add(self, scenario: str, kind: str, entity_id: str, answer: str, ended: bool) -> None:
+        """Index one earlier answer (``ended``: the model stopped by itself)."""
+        key = (scenario, kind)
+        index = self.indexes.get(key)
+        if index is None:
+            index = NgramIndex(self.min_n, self.max_n, self.max_matches)
+            self.indexes[key] = index
+            self._doc_number[key] = {}
+        tokens = [*self.prefix, *self.encode(answer)]
+        if ended and self.eos is not None:
+            tokens.append(self.eos)
+        self._doc_number[key].setdefault(entity_id, len(index))
+        index.add(tokens, entity_id)
+
+    def add_store(
+        self,
+        store: KnowledgeStore,
+        scenario: str | None = None,
+        kind: str | None = None,
+        model: str | None = None,
+        exclude: Iterable[str] = (),
+        limit: int | None = None,
+    ) -> int:
+        """Index the ``ok`` answers of ``store`` (minus entity ids in ``exclude``); count."""
+        frame = store.answers(scenario=scenario, kind=kind, model=model)
+        skip = set(exclude)
+        added = 0
+        for row in frame.iter_rows(named=True):
+            if row["entity_id"] in skip:
+                continue
+            if limit is not None and added >= limit:
+                break
+            ended = row.get("finish_reason") in ("stop", "trimmed")
+            self.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended)
+            added += 1
+        return added
+
+    def register(self, prompts: Iterable[PromptRecord]) -> None:
+        """Remember which (scenario, kind, entity) each prompt's messages belong to."""
+        for p in prompts:
+            self._routes[p.prompt_hash] = (p.scenario, p.kind, p.entity_id)
+
+    def route(self, messages: ChatMessages) -> tuple[NgramIndex | None, dict[int, int] | None]:
+        """The index for a conversation (None when its kind has no answers) and the
+        preferred documents (similar entities) for it."""
+        route = self._routes.get(stable_hash([dict(m) for m in messages], length=32))
+        if route is None:  # unregistered prompt: the only index, if there is just one
+            only = next(iter(self.indexes.values())) if len(self.indexes) == 1 else None
+            return only, None
+        scenario, kind, entity_id = route
+        index = self.indexes.get((scenario, kind))
+        if index is None or self.neighbours is None:
+            return index, None
+        numbers = self._doc_number[(scenario, kind)]
+        prefer: dict[int, int] = {}
+        for other in self.neighbours(entity_id):
+            doc = numbers.get(other)
+            if doc is not None and doc not in prefer:
+                prefer[doc] = len(prefer)
+        return index, prefer or None
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.indexes.values())
