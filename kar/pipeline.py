@@ -185,6 +185,9 @@ def run_generate(
     with timed_stage(project, "generate"):
         dataset, split = load_data(project)
         prompts = build_prompts(project, dataset, split)
+        from kar.collective.project import apply_modes
+
+        prompts = apply_modes(project, dataset, split, prompts)  # collective knowledge, if set
         if limit is not None:
             kinds = {p.kind for p in prompts}
             prompts = [p for kind in kinds for p in [q for q in prompts if q.kind == kind][:limit]]
@@ -216,6 +219,9 @@ def run_encode(project: Project, *, progress: bool = True) -> Any:
         )
         if answers.height == 0:
             raise KarError("the knowledge store has no answers yet: run `kar generate` first")
+        from kar.collective.project import member_knowledge
+
+        answers = member_knowledge(project, answers)  # members get their cluster's knowledge
         vectors = encode_knowledge(answers, make_encoder(project), progress=progress)
         vectors.save(project.encoded_dir)
     return vectors

@@ -39,6 +39,17 @@ class SplitSettings(_Section):
     test_fraction: float = 0.1
 
 
+class CollectiveSettings(_Section):
+    """REKI-style collective knowledge (kar.collective): the mode per feature and the clustering."""
+
+    user: Literal["individual", "collective", "both"] = "individual"
+    item: Literal["individual", "collective", "both"] = "individual"
+    svd_components: int = Field(32, ge=1)
+    user_clusters: int = Field(50, ge=1)
+    item_clusters: int = Field(50, ge=1)
+    seed: int = 0
+
+
 class GenerationSettings(_Section):
     backend: Literal["transformers"] = "transformers"
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; or a local HF folder
@@ -51,6 +62,7 @@ class GenerationSettings(_Section):
     max_retries: int = 1
     truncated: Literal["trim", "retry", "accept"] = "trim"  # answers that hit the token limit
     threads: int = 1
+    collective: CollectiveSettings = Field(default_factory=CollectiveSettings)
 
 
 class EncodingSettings(_Section):

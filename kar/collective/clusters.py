@@ -56,8 +56,11 @@ def cluster_entities(
             raise DataValidationError(
                 f"missing column {column!r}", file="interactions table", field=column
             )
-    for name, value in (("n_components", n_components), ("user_clusters", user_clusters),
-                        ("item_clusters", item_clusters)):
+    for name, value in (
+        ("n_components", n_components),
+        ("user_clusters", user_clusters),
+        ("item_clusters", item_clusters),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     pairs = interactions.select(
@@ -95,8 +98,11 @@ def cluster_entities(
         for label in labels:
             order.setdefault(int(label), len(order))
         return pl.DataFrame(
-            {"entity_type": [kind] * len(ids), "entity_id": ids,
-             "cluster": [order[int(x)] for x in labels]},
+            {
+                "entity_type": [kind] * len(ids),
+                "entity_id": ids,
+                "cluster": [order[int(x)] for x in labels],
+            },
             schema=MEMBERSHIP_SCHEMA,
         )
 
@@ -104,8 +110,14 @@ def cluster_entities(
         [assign(users, user_f, user_clusters, "user"), assign(items, item_f, item_clusters, "item")]
     )
     clustering = stable_hash(
-        {"k": k, "users": user_clusters, "items": item_clusters, "seed": seed,
-         "pairs": stable_hash(sorted(zip(rows.tolist(), cols.tolist(), strict=True)))},
+        {
+            "k": k,
+            "users": user_clusters,
+            "items": item_clusters,
+            "seed": seed,
+            "ids": stable_hash([users, items]),
+            "pairs": stable_hash(sorted(zip(rows.tolist(), cols.tolist(), strict=True))),
+        },
         length=8,
     )
     return Clusters(membership=membership, clustering=clustering, explained_variance=explained)

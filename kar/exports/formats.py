@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from kar.errors import ConfigError, DataValidationError
+from kar.vectors import vector_matrix
 
 FORMATS = ("fuxictr", "deepctr", "rechub", "recbole")
 KINDS = ("user", "item")
@@ -26,35 +27,7 @@ KINDS = ("user", "item")
 
 def _check(frame: pl.DataFrame, kind: str) -> tuple[list[str], np.ndarray]:
     """(ids, (n, d) float32 matrix) of an (entity_id, vector) frame, validated."""
-    for col in ("entity_id", "vector"):
-        if col not in frame.columns:
-            raise DataValidationError(f"{kind} knowledge frame has no column", field=col)
-    dup = frame.filter(pl.col("entity_id").is_duplicated())
-    if dup.height:
-        raise DataValidationError(
-            f"{kind} knowledge has duplicate entity_id {dup['entity_id'][0]!r}", field="entity_id"
-        )
-    vec = frame["vector"]
-    if isinstance(vec.dtype, pl.Array):
-        vec = vec.arr.to_list()
-    lengths = vec.list.len()
-    if frame.height == 0:
-        raise DataValidationError(f"{kind} knowledge frame is empty", field="vector")
-    if lengths.n_unique() != 1:
-        row = int((lengths != lengths[0]).arg_true()[0])
-        raise DataValidationError(
-            f"{kind} vector of {frame['entity_id'][row]!r} has {lengths[row]} values, "
-            f"expected {lengths[0]}",
-            row=row + 1,
-            field="vector",
-        )
-    matrix = np.asarray(vec.list.to_array(int(lengths[0])).to_numpy(), dtype=np.float32)
-    if not np.isfinite(matrix).all():
-        row = int((~np.isfinite(matrix).all(1)).nonzero()[0][0])
-        raise DataValidationError(
-            f"{kind} knowledge has NaN/inf values", row=row + 1, field="vector"
-        )
-    return frame["entity_id"].cast(pl.Utf8).to_list(), matrix
+    return vector_matrix(frame, kind)
 
 
 def _code_map(codes: pl.DataFrame | None) -> dict[str, int]:

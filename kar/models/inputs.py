@@ -19,6 +19,7 @@ import polars as pl
 
 from kar.data.schema import Dataset, Split
 from kar.errors import DataValidationError
+from kar.vectors import vector_matrix
 
 if TYPE_CHECKING:
     import torch
@@ -43,38 +44,16 @@ def knowledge_matrix(
     vectors: pl.DataFrame, vocab: pl.DataFrame, id_col: str, n_rows: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense (n_rows, d) float32 matrix indexed like ``vocab``, and a missing flag per row."""
-    for col in ("entity_id", "vector"):
-        if col not in vectors.columns:
-            raise DataValidationError(f"{what} knowledge frame has no column", field=col)
-    dup = vectors.filter(pl.col("entity_id").is_duplicated())
-    if dup.height:
-        raise DataValidationError(
-            f"{what} knowledge has duplicate entity_id {dup['entity_id'][0]!r}", field="entity_id"
-        )
-    vec = vectors["vector"]
-    if isinstance(vec.dtype, pl.Array):
-        vec = vec.arr.to_list()
-    lengths = vec.list.len()
-    if vectors.height and (lengths.n_unique() != 1 or lengths[0] == 0):
-        bad = int((lengths != lengths[0]).arg_true()[0]) if lengths[0] else 0
-        raise DataValidationError(
-            f"{what} knowledge vectors have unequal or zero length (entity "
-            f"{vectors['entity_id'][bad]!r} has {lengths[bad]})",
-            row=bad + 1,
-            field="vector",
-        )
-    dim = int(lengths[0]) if vectors.height else 0
-    matrix = np.zeros((n_rows, dim), dtype=np.float32)
+    ids, values = vector_matrix(vectors, what, allow_empty=True)
+    matrix = np.zeros((n_rows, values.shape[1]), dtype=np.float32)
     missing = np.ones(n_rows, dtype=np.float32)
-    keyed = pl.DataFrame({id_col: vectors["entity_id"].cast(pl.Utf8), "_v": vec}).join(
-        vocab, on=id_col, how="inner"
+    keyed = pl.DataFrame(
+        {id_col: ids, "_row": np.arange(len(ids))}, schema_overrides={id_col: pl.Utf8}
     )
+    keyed = keyed.join(vocab, on=id_col, how="inner")
     if keyed.height:
         rows = keyed[f"{id_col}_idx"].to_numpy()
-        values = np.asarray(keyed["_v"].list.to_array(dim).to_numpy(), dtype=np.float32)
-        if not np.isfinite(values).all():
-            raise DataValidationError(f"{what} knowledge has NaN/inf values", field="vector")
-        matrix[rows] = values
+        matrix[rows] = values[keyed["_row"].to_numpy()]
         missing[rows] = 0.0
     return matrix, missing
 
