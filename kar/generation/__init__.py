@@ -20,6 +20,8 @@ from kar.generation.runner import GenerationReport, generate_knowledge, retry_pa
 from kar.generation.store import KnowledgeStore, call_key
 
 if TYPE_CHECKING:
+    from kar.generation.openai_backend import OpenAIBackend
+    from kar.generation.speculative import SpeculativeConfig, SpeculativeTransformersBackend
     from kar.generation.transformers_backend import TransformersBackend
 
 __all__ = [
@@ -27,6 +29,9 @@ __all__ = [
     "GenerationBackend",
     "GenerationReport",
     "KnowledgeStore",
+    "OpenAIBackend",
+    "SpeculativeConfig",
+    "SpeculativeTransformersBackend",
     "TransformersBackend",
     "bundled_model_dir",
     "cache_dir",
@@ -44,4 +49,12 @@ def __getattr__(name: str) -> Any:
         from kar.generation.transformers_backend import TransformersBackend
 
         return TransformersBackend
+    if name == "OpenAIBackend":
+        from kar.generation.openai_backend import OpenAIBackend
+
+        return OpenAIBackend
+    if name in ("SpeculativeConfig", "SpeculativeTransformersBackend"):
+        from kar.generation import speculative
+
+        return getattr(speculative, name)
     raise AttributeError(f"module 'kar.generation' has no attribute {name!r}")

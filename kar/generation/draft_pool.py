@@ -78,12 +78,19 @@ class NgramIndex:
         return 0, []
 
     def draft(
-        self, context: Sequence[int], k: int, prefer: Mapping[int, int] | None = None
+        self,
+        context: Sequence[int],
+        k: int,
+        prefer: Mapping[int, int] | None = None,
+        min_support: int = 1,
+        min_share: float = 0.0,
     ) -> list[int]:
         """Up to ``k`` tokens that followed the longest matching suffix of ``context``.
 
         ``prefer`` (document number -> rank) puts matches in those documents first; at
-        each step the most common next token wins, ties going to the earliest match.
+        each step the most common next token wins, ties going to the earliest match. After
+        the first token the draft stops where fewer than ``min_support`` matches, or less
+        than ``min_share`` of those still alive, agree (a weak guess costs verification).
         """
         _, hits = self.matches(context)
         if not hits or k <= 0:
@@ -91,11 +98,18 @@ class NgramIndex:
         if prefer:
             last = len(prefer)
             hits = sorted(hits, key=lambda p: prefer.get(self.doc_of[p], last))
-        return continue_matches(self.tokens, hits, k)
+        return continue_matches(self.tokens, hits, k, min_support, min_share)
 
 
-def continue_matches(tokens: Sequence[int], ends: Sequence[int], k: int) -> list[int]:
-    """Majority walk over the continuations of ``ends`` in ``tokens`` (at most ``k``)."""
+def continue_matches(
+    tokens: Sequence[int],
+    ends: Sequence[int],
+    k: int,
+    min_support: int = 1,
+    min_share: float = 0.0,
+) -> list[int]:
+    """Majority walk over the continuations of ``ends`` in ``tokens`` (at most ``k``);
+    see :meth:`NgramIndex.draft` for ``min_support`` and ``min_share``."""
     out: list[int] = []
     alive = list(ends)
     for step in range(1, k + 1):
@@ -103,7 +117,9 @@ def continue_matches(tokens: Sequence[int], ends: Sequence[int], k: int) -> list
         nexts = [(p, t) for p, t in nexts if t != SEP]
         if not nexts:
             break
-        best = Counter(t for _, t in nexts).most_common(1)[0][0]
+        best, support = Counter(t for _, t in nexts).most_common(1)[0]
+        if out and (support < min_support or support < min_share * len(nexts)):
+            break
         out.append(best)
         alive = [p for p, t in nexts if t == best]
     return out

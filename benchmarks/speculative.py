@@ -1,0 +1,221 @@
+"""Speculative decoding from a knowledge pool vs plain greedy, on MovieLens-100K prompts.
+
+    python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
+
+Builds ``--prompts`` user-preference and ``--prompts`` item-fact prompts (kar.prompts on
+kar.data's MovieLens-100K), and a pool of earlier answers for OTHER users and items: read
+from ``--pool-db`` (a knowledge store, opened through an SQLite backup copy, never
+written), topped up to ``--pool-min`` answers per kind by plain greedy generation for
+other entities (not timed). Then, in one process on one loaded model, at each batch size:
+plain greedy (``TransformersBackend.generate``), exact and relaxed speculative decoding on
+the same prompts. Prints tokens/s, forward passes, mean accepted draft length and how many
+outputs equal plain greedy; last, for batch 1, ``speedup_relaxed`` then ``speedup_exact``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ml-100k"
+LEAD_STORE = Path("/tmp/bench/ml-100k/artifacts/knowledge.db")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--pool-db", type=Path, default=LEAD_STORE, help="SQLite knowledge store (read only)"
+    )
+    parser.add_argument(
+        "--pool-min", type=int, default=64, help="answers per kind in the pool (top-up)"
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=64, help="user prompts and item prompts, each"
+    )
+    parser.add_argument(
+        "--pool-cache",
+        type=Path,
+        default=REPO / ".kar-cache" / "speculative-pool.db",
+        help="knowledge store for the top-up answers (reused by later runs)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="1,16")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--draft-tokens", type=int, default=8)
+    parser.add_argument("--min-support", type=int, default=2)
+    parser.add_argument("--step-token-budget", type=int, default=48)
+    parser.add_argument("--min-share", type=float, default=0.5)
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--min-prob", type=float, default=0.1)
+    args = parser.parse_args()
+
+    import torch
+
+    from kar.data import load_movielens, make_time_split
+    from kar.generation import KnowledgeStore, generate_knowledge
+    from kar.generation.speculative import SpeculativeConfig, SpeculativeTransformersBackend
+    from kar.prompts import Scenario, build_item_prompts, build_user_prompts
+    from kar.records import KIND_ITEM, KIND_USER
+
+    torch.set_num_threads(1)
+    if not (args.data / "u.data").exists():
+        sys.exit(f"MovieLens-100K not found at {args.data}: pass --data")
+    ds = load_movielens(args.data, variant="ml-100k")
+    split = make_time_split(ds)
+    scenario = Scenario.load("movies")
+
+    drafting = {
+        "draft_tokens": args.draft_tokens,
+        "min_support": args.min_support,
+        "min_share": args.min_share,
+        "step_token_budget": args.step_token_budget,
+    }
+    exact = SpeculativeConfig(mode="exact", **drafting)
+    relaxed = SpeculativeConfig(
+        mode="relaxed", top_k=args.top_k, min_prob=args.min_prob, **drafting
+    )
+    backend = SpeculativeTransformersBackend(config=exact, dtype=args.dtype)
+    pool = backend.make_pool()
+    params = {
+        k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens)
+        for k in (KIND_USER, KIND_ITEM)
+    }
+
+    # the pool: answers of other entities from the store copy ...
+    pooled: dict[str, list[str]] = {KIND_USER: [], KIND_ITEM: []}
+    # the timed prompts: the first --prompts users and items by id; never in the pool
+    user_ids = sorted(set(ds.interactions["user_id"].to_list()), key=int)
+    item_ids = sorted(set(ds.items["item_id"].to_list()), key=int)
+    targets = {KIND_USER: user_ids[: args.prompts], KIND_ITEM: item_ids[: args.prompts]}
+    if args.pool_db.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "pool.db"
+            src = sqlite3.connect(f"file:{args.pool_db}?mode=ro", uri=True)
+            dst = sqlite3.connect(copy)
+            src.backup(dst)
+            src.close()
+            dst.close()
+            store = KnowledgeStore(f"sqlite:///{copy}")
+            frame = store.answers(scenario=scenario.name)
+            store.close()
+        for row in frame.iter_rows(named=True):
+            if row["kind"] in pooled and row["entity_id"] not in targets[row["kind"]]:
+                pooled[row["kind"]].append(row["entity_id"])
+                ended = row["finish_reason"] in ("stop", "trimmed")
+                pool.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended)
+    # ... topped up by plain greedy answers for yet other entities (not timed)
+    plain_generate = super(SpeculativeTransformersBackend, backend).generate
+    plain = SimpleNamespace(model_name=backend.model_name, generate=plain_generate)
+    args.pool_cache.parent.mkdir(parents=True, exist_ok=True)
+    for kind, ids in ((KIND_USER, user_ids), (KIND_ITEM, item_ids)):
+        need = args.pool_min - len(pooled[kind])
+        if need <= 0:
+            continue
+        taken = set(pooled[kind]) | set(targets[kind])
+        extra = [e for e in reversed(ids) if e not in taken][:need]
+        prompts = (
+            build_user_prompts(ds, scenario, split.as_of, user_ids=extra)
+            if kind == KIND_USER
+            else build_item_prompts(ds, scenario, item_ids=extra)
+        )
+        started = time.perf_counter()
+        cache = KnowledgeStore(f"sqlite:///{args.pool_cache}")
+        generate_knowledge(prompts, plain, cache, params[kind], batch_size=16, max_retries=0,
+                           progress=False, truncated="accept")  # fmt: skip
+        wanted = set(extra)
+        for row in cache.answers(scenario=scenario.name, kind=kind).iter_rows(named=True):
+            if row["entity_id"] in wanted:
+                ended = row["finish_reason"] == "stop"
+                pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended)
+                pooled[kind].append(row["entity_id"])
+        cache.close()
+        print(f"pool top-up: {len(prompts)} {kind} prompts in {time.perf_counter() - started:.0f}s")
+    print(f"pool: {len(pooled[KIND_USER])} user answers, {len(pooled[KIND_ITEM])} item answers")
+
+    prompts = {
+        KIND_USER: build_user_prompts(ds, scenario, split.as_of, user_ids=targets[KIND_USER]),
+        KIND_ITEM: build_item_prompts(ds, scenario, item_ids=targets[KIND_ITEM]),
+    }
+    for kind in prompts:
+        prompts[kind].sort(key=lambda p: len(backend.render(p.messages)))  # as the runner does
+        pool.register(prompts[kind])
+    backend.pool = pool
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
+        f"torch {torch.__version__}, 1 thread, {args.dtype}; prompts: {args.prompts} user + "
+        f"{args.prompts} item, max_new_tokens {args.max_new_tokens}, draft_tokens "
+        f"{args.draft_tokens} (min_support {args.min_support}, min_share {args.min_share}, "
+        f"step_token_budget {args.step_token_budget}), "
+        f"relaxed top_k {args.top_k} min_prob {args.min_prob}"
+    )
+    print("command: python benchmarks/speculative.py " + " ".join(sys.argv[1:]))
+
+    def run(mode: str, batch_size: int) -> tuple[float, int, list[str], object, str]:
+        from kar.generation.speculative import SpeculativeStats
+
+        backend.config = exact if mode == "exact" else relaxed
+        backend.stats = SpeculativeStats()
+        generate = plain_generate if mode == "plain" else backend.generate
+        texts, tokens, per_kind = [], 0, []
+        started = time.perf_counter()
+        for kind, kind_prompts in prompts.items():
+            accepted, steps = backend.stats.accepted, backend.stats.row_steps
+            for start in range(0, len(kind_prompts), batch_size):
+                chunk = kind_prompts[start : start + batch_size]
+                outs = generate([p.messages for p in chunk], params[kind])
+                texts += [o.text for o in outs]
+                tokens += sum(o.completion_tokens for o in outs)
+            steps = backend.stats.row_steps - steps
+            mean = (backend.stats.accepted - accepted) / steps if steps else 0.0
+            per_kind.append(f"{kind} {mean:.2f}")
+        return time.perf_counter() - started, tokens, texts, backend.stats, ", ".join(per_kind)
+
+    speedups: dict[int, dict[str, float]] = {}
+    identical: dict[int, str] = {}
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        base_s, base_tok, base_texts, _, _ = run("plain", batch_size)
+        print(
+            f"batch {batch_size:>2} plain  : {base_tok} tokens {base_s:7.1f}s "
+            f"{base_tok / base_s:6.1f} tok/s",
+            flush=True,
+        )
+        speedups[batch_size] = {}
+        for mode in ("exact", "relaxed"):
+            secs, tok, texts, stats, by_kind = run(mode, batch_size)
+            same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
+            speedups[batch_size][mode] = base_s / secs
+            if mode == "exact":
+                identical[batch_size] = f"{same}/{len(texts)}"
+            print(
+                f"batch {batch_size:>2} {mode:<7}: {tok} tokens {secs:7.1f}s "
+                f"{tok / secs:6.1f} tok/s "
+                f"speedup {base_s / secs:.2f}x, forward passes {stats.forward_passes}, "  # type: ignore[attr-defined]
+                f"mean accepted draft {stats.mean_accepted:.2f}/step ({by_kind}), "  # type: ignore[attr-defined]
+                f"identical to greedy {same}/{len(texts)}"
+            )
+    for batch_size, ratios in speedups.items():
+        print(
+            f"batch {batch_size}: speedup_exact {ratios['exact']:.2f} "
+            f"(identical {identical[batch_size]}), speedup_relaxed {ratios['relaxed']:.2f}"
+        )
+    first = next(iter(speedups))
+    print(f"speedup_relaxed: {speedups[first]['relaxed']:.2f}")
+    print(f"speedup_exact: {speedups[first]['exact']:.2f} identical_outputs: {identical[first]}")
+
+
+if __name__ == "__main__":
+    main()

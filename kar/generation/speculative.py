@@ -1,0 +1,365 @@
+"""Speculative decoding from a knowledge pool for the transformers backend (DARE-style).
+
+Each step drafts up to ``draft_tokens`` tokens per conversation from earlier answers
+(:class:`~kar.generation.draft_pool.KnowledgePool`) or from the conversation itself
+(prompt lookup), and the model checks the whole draft in **one** forward pass over the
+KV cache. ``mode="exact"``: a draft token is kept only while it equals the greedy choice,
+so the output is the greedy output, token for token. ``mode="relaxed"``: a draft token is
+kept when it is among the model's ``top_k`` choices with probability >= ``min_prob``
+(faster; the answer may differ, so the backend's ``model_name`` says so). Either way the
+token after the last kept draft token is the model's greedy choice, so every step makes
+at least one token. Batches work: rows accept different numbers of tokens; rejected
+draft slots stay in the cache, masked out, and the common tail is cropped.
+
+Sampled requests (``temperature > 0``) fall back to plain ``generate``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from kar.errors import ConfigError, GenerationError
+from kar.generation.backend import ChatMessages
+from kar.generation.draft_pool import KnowledgePool, NgramIndex
+from kar.generation.transformers_backend import Dtype, TransformersBackend
+from kar.records import GenerationOutput, SamplingParams
+
+Mode = Literal["exact", "relaxed"]
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """How drafts are made and accepted."""
+
+    mode: Mode = "exact"
+    draft_tokens: int = 8  # most draft tokens checked per step
+    top_k: int = 3  # relaxed: a draft token must be among the model's top_k ...
+    min_prob: float = 0.1  # ... and have at least this probability
+    prompt_lookup: bool = True  # also draft from the conversation's own prompt/answer
+    # tokens (rows x (1 + draft)) one verification pass may hold: big batches get shorter
+    # drafts, since a wide pass over many rows costs more than the tokens it saves
+    step_token_budget: int = 48
+    min_support: int = 2  # pool drafts stop where fewer earlier answers agree ...
+    min_share: float = 0.5  # ... or less than this share of the matches left agree
+    min_n: int = 2  # shortest suffix (tokens) matched for a draft
+    max_n: int = 4  # longest suffix tried first
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exact", "relaxed"):
+            raise ConfigError(f"speculative mode must be 'exact' or 'relaxed', got {self.mode!r}")
+        if self.step_token_budget < 1:
+            raise ConfigError(f"step_token_budget must be >= 1, got {self.step_token_budget}")
+        if self.draft_tokens < 1:
+            raise ConfigError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
+        if self.top_k < 1 or not 0.0 <= self.min_prob <= 1.0:
+            raise ConfigError(
+                f"need top_k >= 1 and 0 <= min_prob <= 1, got {self.top_k}, {self.min_prob}"
+            )
+        if not 1 <= self.min_n <= self.max_n:
+            raise ConfigError(f"need 1 <= min_n <= max_n, got {self.min_n}, {self.max_n}")
+
+    def tag(self) -> str:
+        """Suffix of ``model_name`` for relaxed mode (its output differs from greedy)."""
+        return f"+spec-relaxed(k={self.top_k},p={self.min_prob:g})"
+
+
+@dataclass
+class SpeculativeStats:
+    """Running totals over every ``generate`` call of a backend."""
+
+    forward_passes: int = 0  # model calls (prefill + verification steps), batch-level
+    row_steps: int = 0  # verification steps summed over rows
+    drafted: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens kept
+    new_tokens: int = 0  # tokens generated (EOS included)
+    seconds: float = 0.0
+    per_call: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean number of draft tokens kept per verification step (per row)."""
+        return self.accepted / self.row_steps if self.row_steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        rate = self.accepted / self.drafted if self.drafted else 0.0
+        return (
+            f"{self.new_tokens} tokens in {self.seconds:.1f}s ({self.tokens_per_s:.1f} tok/s), "
+            f"{self.forward_passes} forward passes, mean accepted draft {self.mean_accepted:.2f} "
+            f"tokens/step, acceptance {rate:.0%}"
+        )
+
+
+class SpeculativeTransformersBackend(TransformersBackend):
+    """:class:`TransformersBackend` that decodes greedy requests speculatively from ``pool``.
+
+    Satisfies :class:`~kar.generation.backend.GenerationBackend`. In exact mode the
+    ``model_name`` is the plain backend's (same output, same store key); in relaxed mode
+    it gets :meth:`SpeculativeConfig.tag` appended. ``stats`` accumulates tokens/s, forward
+    passes and the mean accepted draft length.
+    """
+
+    def __init__(
+        self,
+        pool: KnowledgePool | None = None,
+        config: SpeculativeConfig | None = None,
+        model: str | Path | None = None,
+        dtype: Dtype = "bfloat16",
+        threads: int = 1,
+        device: str = "cpu",
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__(
+            model=model, dtype=dtype, threads=threads, device=device, model_name=model_name
+        )
+        self.config = config or SpeculativeConfig()
+        if self.config.mode == "relaxed":
+            self.model_name += self.config.tag()
+        self.pool = pool
+        self.stats = SpeculativeStats()
+        self.prefix_tokens = self.generation_prompt_tokens()
+
+    def __repr__(self) -> str:
+        return f"SpeculativeTransformersBackend({self.model_name!r}, mode={self.config.mode!r})"
+
+    def generation_prompt_tokens(self) -> list[int]:
+        """Tokens the chat template puts before an answer (e.g. ``<|im_start|>assistant\\n``)."""
+        msgs = [{"role": "user", "content": "x"}]
+        with_prompt = self.tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True
+        )
+        without = self.tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=False
+        )
+        suffix = with_prompt[len(without) :] if with_prompt.startswith(without) else ""
+        return self.tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
+
+    def make_pool(self, **kwargs: object) -> KnowledgePool:
+        """An empty :class:`KnowledgePool` using this model's tokenizer, prefix and EOS."""
+        cfg = self.config
+        kwargs.setdefault("min_n", cfg.min_n)
+        kwargs.setdefault("max_n", cfg.max_n)
+        return KnowledgePool(
+            encode=lambda text: self.tokenizer.encode(text, add_special_tokens=False),
+            prefix=self.prefix_tokens,
+            eos=min(self.eos_token_ids),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def generate(self, batch: list[ChatMessages], params: SamplingParams) -> list[GenerationOutput]:
+        if not batch:
+            return []
+        if not params.greedy:
+            return super().generate(batch, params)
+        started = time.perf_counter()
+        try:
+            outputs = self._speculate(batch, params)
+        except RuntimeError as exc:
+            raise GenerationError(
+                f"{self.model_name}: speculative generation failed: {exc}"
+            ) from exc
+        self.stats.seconds += time.perf_counter() - started
+        return outputs
+
+    # -- decoding --------------------------------------------------------------------------
+
+    def _draft(
+        self,
+        context: list[int],
+        index: NgramIndex | None,
+        prefer: dict[int, int] | None,
+        k: int,
+    ) -> list[int]:
+        cfg = self.config
+        pool_n, pool_hits = index.matches(context) if index is not None else (0, [])
+        own_n, own_end = _own_match(context, cfg.min_n, cfg.max_n) if cfg.prompt_lookup else (0, -1)
+        if own_n > pool_n:
+            return context[own_end + 1 : own_end + 1 + k]
+        if pool_n and index is not None:
+            return index.draft(context, k, prefer, cfg.min_support, cfg.min_share)
+        return []
+
+    def _speculate(
+        self, batch: list[ChatMessages], params: SamplingParams
+    ) -> list[GenerationOutput]:
+        import torch
+        from transformers import DynamicCache
+
+        cfg = self.config
+        texts = [self.render(m) for m in batch]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = enc["input_ids"].to(self.device)
+        mask = enc["attention_mask"].to(self.device)
+        n_rows, prompt_len = ids.shape
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        penalty = float(params.repetition_penalty)
+        eos = self.eos_token_ids
+        max_new = params.max_new_tokens
+
+        routes = [self.pool.route(m) if self.pool is not None else (None, None) for m in batch]
+        prompt_tokens = mask.sum(dim=1).tolist()
+        # what each row has seen (HF's repetition penalty counts padding tokens too)
+        seen = torch.zeros(n_rows, vocab, dtype=torch.bool, device=self.device)
+        seen.scatter_(1, ids, True)
+        contexts = [
+            row[prompt_len - n :] for row, n in zip(ids.tolist(), prompt_tokens, strict=True)
+        ]
+        generated: list[list[int]] = [[] for _ in range(n_rows)]
+        done = [False] * n_rows
+        accepted_rows = [0] * n_rows
+        steps_rows = [0] * n_rows
+        stats = self.stats
+
+        def penalise(logits: torch.Tensor, seen_mask: torch.Tensor) -> torch.Tensor:
+            if penalty == 1.0:
+                return logits
+            return torch.where(
+                seen_mask, torch.where(logits < 0, logits * penalty, logits / penalty), logits
+            )
+
+        def emit(r: int, tokens: list[int]) -> None:
+            for t in tokens:
+                generated[r].append(t)
+                contexts[r].append(t)
+                seen[r, t] = True
+                if t in eos or len(generated[r]) >= max_new:
+                    done[r] = True
+                    break
+
+        cache = DynamicCache(config=self.model.config)
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            stats.forward_passes += 1
+            logits = out.logits[:, -1].to(dtype=torch.float32)
+            first = penalise(logits, seen).argmax(dim=-1).tolist()
+            for r in range(n_rows):
+                emit(r, [first[r]])
+            valid = mask.sum(dim=1)  # tokens in the cache per row that count
+            full_mask = mask
+            per_row = min(cfg.draft_tokens, max(0, cfg.step_token_budget // n_rows - 1))
+            while not all(done):
+                last = [g[-1] for g in generated]
+                drafts: list[list[int]] = []
+                for r in range(n_rows):
+                    room = max_new - len(generated[r]) - 1
+                    if done[r] or room <= 0 or per_row == 0:
+                        drafts.append([])
+                        continue
+                    index, prefer = routes[r]
+                    drafts.append(self._draft(contexts[r], index, prefer, min(per_row, room)))
+                width = 1 + max(len(d) for d in drafts)
+                pad = self.tokenizer.pad_token_id
+                step_ids = [
+                    [last[r], *drafts[r]] + [pad] * (width - 1 - len(drafts[r]))
+                    for r in range(n_rows)
+                ]
+                step_mask = [
+                    [0 if done[r] else int(j <= len(drafts[r])) for j in range(width)]
+                    for r in range(n_rows)
+                ]
+                step_ids_t = torch.tensor(step_ids, device=self.device)
+                step_mask_t = torch.tensor(step_mask, device=self.device, dtype=mask.dtype)
+                step_pos = valid.unsqueeze(1) + torch.arange(width, device=self.device).unsqueeze(0)
+                full_mask = torch.cat([full_mask, step_mask_t], dim=1)
+                out = self.model(
+                    input_ids=step_ids_t,
+                    attention_mask=full_mask,
+                    position_ids=step_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                stats.forward_passes += 1
+                logits = out.logits.to(dtype=torch.float32)  # (rows, width, vocab)
+                kept_cols = []
+                for r in range(n_rows):
+                    if done[r]:
+                        kept_cols.append(0)
+                        continue
+                    draft = drafts[r]
+                    m = len(draft)
+                    seen_steps = seen[r].expand(m + 1, vocab).clone()
+                    for j, t in enumerate(draft, start=1):
+                        seen_steps[j:, t] = True
+                    scores = penalise(logits[r, : m + 1], seen_steps)
+                    best = scores.argmax(dim=-1).tolist()
+                    n_ok = 0
+                    if cfg.mode == "exact":
+                        while n_ok < m and best[n_ok] == draft[n_ok]:
+                            n_ok += 1
+                    elif m:
+                        probs = torch.softmax(scores[:m], dim=-1)
+                        top = torch.topk(probs, cfg.top_k, dim=-1)
+                        draft_t = torch.tensor(draft, device=self.device).unsqueeze(1)
+                        ok = (
+                            ((top.indices == draft_t) & (top.values >= cfg.min_prob))
+                            .any(dim=-1)
+                            .tolist()
+                        )
+                        while n_ok < m and ok[n_ok]:
+                            n_ok += 1
+                    steps_rows[r] += 1
+                    stats.drafted += m
+                    accepted_rows[r] += n_ok
+                    emit(r, [*draft[:n_ok], best[n_ok]])
+                    kept_cols.append(1 + n_ok)  # last token + kept drafts are now cached
+                    if n_ok < m:
+                        full_mask[r, full_mask.shape[1] - width + 1 + n_ok :] = 0
+                valid = valid + torch.tensor(kept_cols, device=self.device, dtype=valid.dtype)
+                crop = width - max(kept_cols)  # trailing columns no row needs
+                if crop > 0:
+                    cache.crop(-crop)
+                    full_mask = full_mask[:, :-crop]
+
+        results = []
+        for r in range(n_rows):
+            tokens = generated[r]
+            stop = next((i for i, t in enumerate(tokens) if t in eos), None)
+            body = tokens if stop is None else tokens[:stop]
+            stats.row_steps += steps_rows[r]
+            stats.accepted += accepted_rows[r]
+            stats.new_tokens += len(tokens)
+            results.append(
+                GenerationOutput(
+                    text=self.tokenizer.decode(body, skip_special_tokens=True).strip(),
+                    prompt_tokens=int(prompt_tokens[r]),
+                    completion_tokens=len(body) + (stop is not None),
+                    finish_reason="stop" if stop is not None else "length",
+                    meta={
+                        "token_ids": tokens,
+                        "spec_steps": steps_rows[r],
+                        "spec_accepted": accepted_rows[r],
+                    },
+                )
+            )
+        return results
+
+
+def _own_match(context: list[int], min_n: int, max_n: int) -> tuple[int, int]:
+    """Longest suffix (``min_n..max_n`` tokens) of ``context`` seen earlier in it:
+    ``(n, end position of the latest earlier occurrence)``, or ``(0, -1)``."""
+    size = len(context)
+    for n in range(min(max_n, size - 1), min_n - 1, -1):
+        tail = context[size - n :]
+        first = tail[0]
+        for end in range(size - 2, n - 2, -1):
+            if (
+                context[end] == tail[-1]
+                and context[end - n + 1] == first
+                and context[end - n + 1 : end + 1] == tail
+            ):
+                return n, end
+    return 0, -1

