@@ -1,6 +1,7 @@
 """MovieLens benchmark: the full kar pipeline, then AUC / LogLoss with and without knowledge.
 
     python benchmarks/movielens.py --dataset ml-100k [--data PATH] [--seeds 3] [--work DIR]
+        [--backbones deepfm,din | all] [--summary]
 
 Prints what it measured and how it ran, and writes docs/benchmarks.md (the section for
 this dataset). Generation resumes from the knowledge store in --work, so a rerun only
@@ -38,9 +39,18 @@ def main() -> None:
     parser.add_argument("--user-tokens", type=int, default=96, help="max new tokens, user prompts")
     parser.add_argument("--item-tokens", type=int, default=64, help="max new tokens, item prompts")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--backbones", default="deepfm,din", help="comma-separated backbones, or 'all'"
+    )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="print last `backbones_improved: K/N mean_rel_auc_gain: X.XX%%`",
+    )
     args = parser.parse_args()
 
     from kar.features import init_feature_repo
+    from kar.models.registry import available_models
     from kar.pipeline import (
         TIMINGS_FILE,
         run_encode,
@@ -51,6 +61,7 @@ def main() -> None:
     )
     from kar.project import CONFIG_FILE, Project, ProjectSettings
 
+    backbones = list(available_models()) if args.backbones == "all" else args.backbones.split(",")
     data = (args.data or DEFAULT_DATA[args.dataset]).resolve()
     if not data.exists():
         sys.exit(f"MovieLens data not found at {data}: pass --data or run `kar data fetch`")
@@ -66,7 +77,7 @@ def main() -> None:
                 "max_new_tokens_user": args.user_tokens,
                 "max_new_tokens_item": args.item_tokens,
             },
-            "training": {"eval_seeds": list(range(args.seeds))},
+            "training": {"eval_seeds": list(range(args.seeds)), "eval_backbones": backbones},
             "features": {"project": "kar_movielens"},
         }
     )
@@ -88,7 +99,8 @@ def main() -> None:
     command = (
         f"python benchmarks/movielens.py --dataset {args.dataset} --seeds {args.seeds} "
         f"--batch-size {args.batch_size} --user-tokens {args.user_tokens} "
-        f"--item-tokens {args.item_tokens}"
+        f"--item-tokens {args.item_tokens} --backbones {args.backbones}"
+        + (" --summary" if args.summary else "")
     )
     how = (
         f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
@@ -116,9 +128,22 @@ def main() -> None:
             "",
         ]
     )
+    summary_line = improvement_line(summary)
+    if args.summary:
+        section += f"\nSummary: `{summary_line}`\n"
     write_section(args.out, f"## MovieLens {args.dataset}:", section)
     print(section)
     print(f"wrote {args.out}")
+    if args.summary:
+        print(summary_line)
+
+
+def improvement_line(summary) -> str:
+    """`backbones_improved: K/N mean_rel_auc_gain: X.XX%` over the backbones (not the baseline)."""
+    gains = summary.filter(summary["rel_auc_gain"].is_not_null())["rel_auc_gain"].to_list()
+    improved = sum(gain > 0 for gain in gains)
+    mean = 100 * sum(gains) / len(gains) if gains else float("nan")
+    return f"backbones_improved: {improved}/{len(gains)} mean_rel_auc_gain: {mean:.2f}%"
 
 
 def write_section(path: Path, heading_prefix: str, section: str) -> None:

@@ -140,7 +140,7 @@ def evaluate(
     summary, md, png = _on_project(
         run_evaluate, project, seeds=list(range(seeds)) if seeds else None
     )
-    console.print(md.read_text())
+    console.print(md.read_text(), markup=False)
     console.print(f"report: {md}\nplot:   {png}")
 
 

@@ -401,7 +401,7 @@ def run_quickstart(directory: Path, *, n_users: int = DEMO_USERS, console: Any =
     )
     console.rule("6/6 evaluate: with vs without knowledge")
     _, md, png = run_evaluate(project)
-    console.print(md.read_text())
+    console.print(md.read_text(), markup=False)
     console.print(f"plot: {png}")
     timings = json.loads((project.artifacts / TIMINGS_FILE).read_text())
     console.print("wall time per stage (s): " + json.dumps(timings))
