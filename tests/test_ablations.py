@@ -121,3 +121,16 @@ def test_raw_adaptor_has_no_parameters(data):
     r = train_ctr(f, "din", SMALL, AdaptorConfig.load("raw"), seed=0)
     assert r.adaptor is not None and r.adaptor.out_dim == f.knowledge_dim
     assert sum(p.numel() for p in r.adaptor.parameters()) == 0
+
+
+def test_codes_variant_with_cold_start_entities():
+    """Items with knowledge but never in training (cold start) must not break the codes row:
+    adapted vectors are taken over the knowledge index, not the id-embedding vocabulary."""
+    ds, truth = synthetic_dataset(n_users=60, n_items=200, n_rows=1200)
+    users, items = synthetic_knowledge(ds, truth, dim=8, informative=True)
+    split = simple_time_split(ds.interactions)
+    f = CTRFeatures.build(ds, split, history_len=5, knowledge_users=users, knowledge_items=items)
+    assert f.knowledge_items.height > f.n_items  # some items only have knowledge
+    variants = default_variants(("codes",), codebook_size=4)
+    rows = ablate(f, "deepfm", variants, seeds=(0,), model_config=SMALL)
+    assert "vectors + codes (k=4)" in rows["variant"].to_list()

@@ -148,8 +148,8 @@ def ablate(
             if v.codebook_size:
                 first = train_ctr(feats, backbone, model_config, v.adaptor, seed=seed)
                 vectors = first.trained_adaptor()
-                ids_u = feats.users["user_id"].to_list()
-                ids_i = feats.items["item_id"].to_list()
+                ids_u = feats.knowledge_users["user_id"].to_list()  # knowledge rows 1..n
+                ids_i = feats.knowledge_items["item_id"].to_list()
                 users, items = _adapted(vectors, feats, ids_u, ids_i)
                 u_codes, i_codes = knowledge_codes(users, items, v.codebook_size, seed)
                 feats = with_codes(feats, u_codes, i_codes, v.codebook_size)
