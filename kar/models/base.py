@@ -138,3 +138,23 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of (B, L, E) over L where mask (B, L) is True; zeros for empty rows."""
     m = mask.unsqueeze(-1).float()
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class FirstOrder(nn.Module):
+    """First-order term of the FM family: user and item biases plus a linear map of the dense
+    knowledge inputs (when the model has them)."""
+
+    def __init__(self, spec: FeatureSpec, dense_dim: int) -> None:
+        super().__init__()
+        self.user_bias = nn.Embedding(spec.n_users, 1, padding_idx=0)
+        self.item_bias = nn.Embedding(spec.n_items, 1, padding_idx=0)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.item_bias.weight)
+        self.dense_linear = nn.Linear(dense_dim, 1) if dense_dim else None
+
+    def forward(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1) first-order logit."""
+        out = self.user_bias(batch["user"]) + self.item_bias(batch["item"])
+        if self.dense_linear is not None:
+            out = out + self.dense_linear(inputs.dense)
+        return out

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from kar.models.base import CTRModel, FeatureSpec, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, FirstOrder, Inputs, masked_mean
 from kar.models.config import DeepFMConfig
 from kar.models.layers import mlp
 
@@ -18,20 +17,14 @@ class DeepFM(CTRModel):
     def __init__(self, spec: FeatureSpec, config: DeepFMConfig, knowledge_dim: int = 0) -> None:
         super().__init__(spec, config, knowledge_dim)
         n_fields = self.inputs.n_fields + 1
-        self.user_bias = nn.Embedding(spec.n_users, 1, padding_idx=0)
-        self.item_bias = nn.Embedding(spec.n_items, 1, padding_idx=0)
-        nn.init.zeros_(self.user_bias.weight)
-        nn.init.zeros_(self.item_bias.weight)
-        self.dense_linear = nn.Linear(self.inputs.dense_dim, 1) if self.inputs.dense_dim else None
+        self.first_order = FirstOrder(spec, self.inputs.dense_dim)
         deep_in = n_fields * config.embedding_dim + self.inputs.dense_dim
         self.deep = mlp(deep_in, config.mlp_hidden, 1, config.dropout)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)  # (B, F, E)
-        first = self.user_bias(batch["user"]) + self.item_bias(batch["item"])
-        if self.dense_linear is not None:
-            first = first + self.dense_linear(inputs.dense)
+        first = self.first_order(inputs, batch)
         fm = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1, keepdim=True)
         deep = self.deep(torch.cat([fields.flatten(1), inputs.dense], dim=-1))
         return (first + fm + deep).squeeze(-1)

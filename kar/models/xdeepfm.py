@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kar.models.base import CTRModel, FeatureSpec, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, FirstOrder, Inputs, masked_mean
 from kar.models.config import XDeepFMConfig
 from kar.models.layers import mlp
 
@@ -39,11 +39,7 @@ class XDeepFM(CTRModel):
     def __init__(self, spec: FeatureSpec, config: XDeepFMConfig, knowledge_dim: int = 0) -> None:
         super().__init__(spec, config, knowledge_dim)
         n_fields = self.inputs.n_fields + 1
-        self.user_bias = nn.Embedding(spec.n_users, 1, padding_idx=0)
-        self.item_bias = nn.Embedding(spec.n_items, 1, padding_idx=0)
-        nn.init.zeros_(self.user_bias.weight)
-        nn.init.zeros_(self.item_bias.weight)
-        self.dense_linear = nn.Linear(self.inputs.dense_dim, 1) if self.inputs.dense_dim else None
+        self.first_order = FirstOrder(spec, self.inputs.dense_dim)
         self.cin = CIN(n_fields, config.cin_layers)
         self.cin_out = nn.Linear(self.cin.out_dim, 1)
         deep_in = n_fields * config.embedding_dim + self.inputs.dense_dim
@@ -52,9 +48,7 @@ class XDeepFM(CTRModel):
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)
-        out = self.user_bias(batch["user"]) + self.item_bias(batch["item"])
-        if self.dense_linear is not None:
-            out = out + self.dense_linear(inputs.dense)
+        out = self.first_order(inputs, batch)
         out = out + self.cin_out(self.cin(fields))
         out = out + self.deep(torch.cat([fields.flatten(1), inputs.dense], dim=-1))
         return out.squeeze(-1)

@@ -37,6 +37,15 @@ class GenerationLimits(BaseModel):
     item_max_new_tokens: int = Field(128, ge=1, le=8192)
 
 
+def _check_syntax(template: str) -> str:
+    """The template unchanged, or ValueError naming the line of a Jinja2 syntax error."""
+    try:
+        _ENV.parse(template)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    return template
+
+
 class CollectiveTemplates(BaseModel):
     """REKI-style collective questions: one per cluster of users or of items.
 
@@ -66,11 +75,7 @@ class CollectiveTemplates(BaseModel):
     @field_validator("user_template", "item_template")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            _ENV.parse(value)
-        except TemplateSyntaxError as exc:
-            raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
-        return value
+        return _check_syntax(value)
 
 
 class Scenario(BaseModel):
@@ -109,11 +114,7 @@ class Scenario(BaseModel):
     @field_validator(*_TEMPLATE_FIELDS)
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            _ENV.parse(value)
-        except TemplateSyntaxError as exc:
-            raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
-        return value
+        return _check_syntax(value)
 
     @field_validator("user_factors", "item_factors")
     @classmethod
