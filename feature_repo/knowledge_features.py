@@ -1,6 +1,8 @@
 """Feast definitions for kar's knowledge vectors (one per user, one per item).
 
-Settings (vector dimension, TTL, lineage tags) come from ``kar_repo.json`` beside this
+With ``knowledge_codes`` on, each view also holds the vector's discrete k-means code
+(``user_knowledge_code`` / ``item_knowledge_code``, Int64, 1..k) as a categorical feature.
+Settings (vector dimension, TTL, codes, lineage tags) come from ``kar_repo.json`` beside this
 file, written by ``kar.features.init_feature_repo`` and updated by ``kar.features.publish``.
 The offline side is a folder of Parquet part files per entity: each publish adds one
 file, earlier files stay (append-only), and point-in-time joins pick the right version.
@@ -14,15 +16,17 @@ from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
-from feast.types import Array, Float32
+from feast.types import Array, Float32, Int64
 
 REPO_DIR = Path(__file__).resolve().parent
 _SETTINGS_FILE = REPO_DIR / "kar_repo.json"
 SETTINGS: dict = json.loads(_SETTINGS_FILE.read_text()) if _SETTINGS_FILE.exists() else {}
 VECTOR_DIM = int(SETTINGS.get("vector_dim", 32))
 TTL = timedelta(seconds=int(SETTINGS.get("ttl_seconds", 0)))  # 0: valid until replaced
+CODES = bool(SETTINGS.get("knowledge_codes", False))
 LINEAGE = {str(k): str(v) for k, v in SETTINGS.get("lineage", {}).items()}
 TAGS = {"kar.vector_dim": str(VECTOR_DIM), **{f"kar.{k}": v for k, v in LINEAGE.items()}}
+TAGS["kar.knowledge_codes"] = str(CODES).lower()
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A user")
 item = Entity(
@@ -42,6 +46,13 @@ def _parquet_parts(name: str) -> FileSource:
     )
 
 
+def _schema(entity: str) -> list[Field]:
+    fields = [Field(name=f"{entity}_knowledge_vector", dtype=Array(Float32))]
+    if CODES:
+        fields.append(Field(name=f"{entity}_knowledge_code", dtype=Int64))
+    return fields
+
+
 user_knowledge_source = _parquet_parts("user_knowledge")
 item_knowledge_source = _parquet_parts("item_knowledge")
 
@@ -52,7 +63,7 @@ user_knowledge = FeatureView(
     name="user_knowledge",
     entities=[user],
     ttl=TTL,
-    schema=[Field(name="user_knowledge_vector", dtype=Array(Float32))],
+    schema=_schema("user"),
     source=user_knowledge_push,
     online=True,
     tags={**TAGS, "kar.kind": "user_preference"},
@@ -62,7 +73,7 @@ item_knowledge = FeatureView(
     name="item_knowledge",
     entities=[item],
     ttl=TTL,
-    schema=[Field(name="item_knowledge_vector", dtype=Array(Float32))],
+    schema=_schema("item"),
     source=item_knowledge_push,
     online=True,
     tags={**TAGS, "kar.kind": "item_fact"},

@@ -127,26 +127,27 @@ def sampling_params(project: Project, kind: str) -> Any:
 
 
 class LazyBackend:
-    """Loads the LLM on the first ``generate`` call, so a rerun with nothing to do costs nothing."""
+    """Loads the configured LLM backend on the first ``generate`` call, so a rerun with
+    nothing to do costs nothing (see :mod:`kar.generation.factory`)."""
 
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, store: Any = None, prompts: Any = ()) -> None:
         self._project = project
+        self._store = store
+        self._prompts = list(prompts)
         self._backend: Any = None
 
     @property
     def model_name(self) -> str:
-        from kar.generation import model_name_for
+        from kar.generation.factory import backend_model_name
 
-        gen = self._project.settings.generation
-        return model_name_for(gen.model, gen.dtype)
+        return backend_model_name(self._project.settings.generation)
 
     def generate(self, batch: Any, params: Any) -> Any:
         if self._backend is None:
-            from kar.generation import TransformersBackend
+            from kar.generation.factory import make_backend
 
-            gen = self._project.settings.generation
-            self._backend = TransformersBackend(
-                model=gen.model, dtype=gen.dtype, threads=gen.threads
+            self._backend = make_backend(
+                self._project.settings.generation, store=self._store, prompts=self._prompts
             )
         return self._backend.generate(batch, params)
 
@@ -159,7 +160,7 @@ def answer_prompts(
     from kar.records import KIND_ITEM, KIND_USER
 
     store = store or KnowledgeStore(project.knowledge_store_url)
-    backend = LazyBackend(project)
+    backend = LazyBackend(project, store, prompts)
     gen = project.settings.generation
     reports = {}
     for kind in (KIND_USER, KIND_ITEM):
@@ -276,6 +277,10 @@ def run_train(project: Project, *, progress: bool = True) -> Any:
         vectors = EntityVectors.load(project.encoded_dir)
         trained = result.trained_adaptor(encoder=vectors.encoder_id)
         trained.save(project.adaptor_dir)
+        from kar.adaptor.codes import CODEBOOK_FILE
+
+        # the codebook belongs to the previous vectors: `kar publish` fits a new one
+        (project.knowledge_dir / CODEBOOK_FILE).unlink(missing_ok=True)
         users, items = trained.export(vectors.users, vectors.items)
         project.knowledge_dir.mkdir(parents=True, exist_ok=True)
         users.write_parquet(project.knowledge_dir / "user_knowledge.parquet")
@@ -314,20 +319,27 @@ def knowledge_lineage(project: Project) -> dict[str, str]:
 
 
 def run_publish(project: Project) -> Any:
-    """Publish the adapted vectors to Feast: offline Parquet partition, apply, materialise."""
+    """Publish the adapted vectors to Feast: offline Parquet partition, apply, materialise.
+
+    With ``features.codebook_size`` > 0, a k-means codebook per kind is fitted on the adapted
+    vectors (reused while they are unchanged), saved beside them for ``kar refresh``, and
+    each vector's code is published with it (``user_knowledge_code`` / ``item_knowledge_code``).
+    A repo that already holds vectors without codes keeps publishing none (with a warning).
+    """
     import polars as pl
 
+    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+    from kar.errors import FeatureStoreError
     from kar.features import publish
-    from kar.features.repo import read_settings
+    from kar.features.repo import enable_codes, read_settings
 
     with timed_stage(project, "publish"):
         paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
         if not all(p.exists() for p in paths):
             raise KarError("no adapted vectors yet: run `kar train` first")
         _, split = load_data(project)
-        users, items = _with_timestamps(
-            project, split, pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
-        )
+        adapted = pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
+        users, items = _with_timestamps(project, split, *adapted)
         dim = len(users["vector"][0])
         repo_dim = int(read_settings(project.feature_repo)["vector_dim"])
         if dim != repo_dim:
@@ -335,12 +347,34 @@ def run_publish(project: Project) -> Any:
                 f"the adaptor exports {dim}-dim vectors but {project.feature_repo} declares "
                 f"vector_dim {repo_dim}: register a new feature version for the new dimension"
             )
-        report = publish(project.feature_repo, users, items, lineage=knowledge_lineage(project))
+        lineage = knowledge_lineage(project)
+        size = project.settings.features.codebook_size
+        codebook_path = project.knowledge_dir / CODEBOOK_FILE
+        codebooks = None
+        if size:
+            try:
+                enable_codes(project.feature_repo)
+            except FeatureStoreError as exc:  # a repo published before codes existed
+                import logging
+
+                logging.getLogger(__name__).warning("%s; publishing without codes", exc)
+                size = 0
+        if size:
+            seed = project.settings.training.seed
+            codebooks = KnowledgeCodebooks.fit_or_load(codebook_path, *adapted, size, seed)
+            lineage["codebook"] = f"k{size}-seed{seed}@{codebooks.fingerprint}"
+        else:
+            codebook_path.unlink(missing_ok=True)  # refresh assigns no codes either
+            lineage["codebook"] = "none"
+        report = publish(project.feature_repo, users, items, lineage=lineage, codebooks=codebooks)
     return report
 
 
 def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: bool = True):
-    """Each backbone with and without knowledge, several seeds; markdown table + PNG plot."""
+    """Each backbone with and without knowledge, several seeds; markdown table + PNG plot.
+
+    ``training.tune``: each backbone's configuration is first chosen on validation AUC.
+    """
     from kar.models.evaluation import compare, summarize, write_report
 
     with timed_stage(project, "evaluate"):
@@ -353,6 +387,7 @@ def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: 
             seeds=tuple(seeds or tr.eval_seeds),
             adaptor_config=adaptor_config(project),
             progress=progress,
+            tune=tr.tune,
         )
         md, png = write_report(
             results,

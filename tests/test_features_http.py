@@ -26,12 +26,16 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_feast_serve_gives_the_same_batch_as_the_in_process_reader(tmp_path: Path) -> None:
-    repo = init_feature_repo(tmp_path / "fr", project="kar_http", vector_dim=8)
+    repo = init_feature_repo(
+        tmp_path / "fr", project="kar_http", vector_dim=8, knowledge_codes=True
+    )
     rng = np.random.default_rng(3)
-    users = pl.DataFrame({"user_id": ["u1"], "vector": rng.standard_normal((1, 8)).tolist()})
+    users = pl.DataFrame(
+        {"user_id": ["u1"], "vector": rng.standard_normal((1, 8)).tolist(), "code": [5]}
+    )
     items = pl.DataFrame(
         {"item_id": ["a", "b", "c"], "vector": rng.standard_normal((3, 8)).tolist()}
-    )
+    ).with_columns(code=pl.Series([2, 1, 3]))
     publish(repo, users, items, datetime(2024, 1, 1, tzinfo=UTC))
     port = _free_port()
     feast = str(Path(sys.executable).parent / "feast")
@@ -58,6 +62,8 @@ def test_feast_serve_gives_the_same_batch_as_the_in_process_reader(tmp_path: Pat
         np.testing.assert_allclose(over_http.user, in_process.user)
         np.testing.assert_allclose(over_http.items, in_process.items)
         assert over_http.items_missing.tolist() == [False, True, False]
+        assert over_http.user_code == in_process.user_code == 5
+        assert over_http.item_codes.tolist() == in_process.item_codes.tolist() == [3, 0, 2]
         ghost = KnowledgeServer(repo, reader=HttpReader(url)).get("ghost", ["a"])
         assert ghost.user_missing and not ghost.user.any()
     finally:

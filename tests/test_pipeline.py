@@ -96,6 +96,20 @@ def test_publish_then_read_back_online_and_offline(project, trained) -> None:
     # every CTR row comes after the user's as-of instant, so the vector is visible
     assert with_knowledge["user_knowledge_vector"].null_count() == 0
 
+    # discrete knowledge codes (features.codebook_size, default 64) beside the vectors
+    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+
+    books = KnowledgeCodebooks.load(project.knowledge_dir / CODEBOOK_FILE)
+    user_codes = books.with_codes("user", users)
+    item_codes = books.with_codes("item", items)
+    assert views["item_knowledge"]["tags"]["kar.codebook"].startswith("k64-")
+    assert batch.user_code == user_codes["code"][0] >= 1
+    assert batch.item_codes.tolist() == [item_codes["code"][1], 0, item_codes["code"][0]]
+    expected = with_knowledge.join(
+        user_codes.select(pl.col("entity_id").alias("user_id"), "code"), on="user_id"
+    )
+    assert expected["user_knowledge_code"].to_list() == expected["code"].to_list()
+
 
 def test_evaluate_writes_table_and_plot(project, trained) -> None:
     from kar.pipeline import TIMINGS_FILE, run_evaluate

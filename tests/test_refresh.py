@@ -131,6 +131,13 @@ def test_watermark_incremental_and_idempotent(base_project: Path, tmp_path: Path
     online = OnlineKnowledge(project.feature_repo).get(user, ["f999"])
     assert not online.user_missing
     assert online.user.tolist() == pytest.approx(newest["user_knowledge_vector"][0].to_list())
+    # the refreshed vector's code comes from the codebook `kar publish` saved
+    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+
+    books = KnowledgeCodebooks.load(project.knowledge_dir / CODEBOOK_FILE)
+    vector = pl.DataFrame({"entity_id": [user], "vector": newest["user_knowledge_vector"]})
+    code = books.with_codes("user", vector)["code"][0]
+    assert newest["user_knowledge_code"][0] == code == online.user_code >= 1
     assert state.reports(report.source)[-1]["users"] == 1
     assert (project.reports_dir / "refresh" / f"refresh-{report.run_id:08d}.json").exists()
 

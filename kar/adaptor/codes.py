@@ -8,7 +8,9 @@ an extra categorical feature, adds AUC over the raw vectors. Code 0 is reserved 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -65,14 +67,18 @@ class KnowledgeCodebook:
     def assign(self, vectors: pl.DataFrame, what: str = "knowledge") -> pl.DataFrame:
         """(entity_id, code) with code in 1..size (nearest centroid)."""
         x = _matrix(vectors, what)
-        if x.size and x.shape[1] != self.centroids.shape[1]:
+        if len(x) == 0:
+            return pl.DataFrame(
+                {"entity_id": vectors["entity_id"].cast(pl.Utf8), "code": []}, schema=CODE_SCHEMA
+            )
+        if x.shape[1] != self.centroids.shape[1]:
             raise DataValidationError(
                 f"{what} vectors have {x.shape[1]} values, the codebook {self.centroids.shape[1]}",
                 field="vector",
             )
         d2 = (x**2).sum(1, keepdims=True) - 2 * x @ self.centroids.T
         d2 += (self.centroids**2).sum(1)[None, :]
-        codes = d2.argmin(1) + 1 if len(x) else np.zeros(0, dtype=np.int64)
+        codes = d2.argmin(1) + 1
         return pl.DataFrame(
             {"entity_id": vectors["entity_id"].cast(pl.Utf8), "code": codes.astype(np.int64)},
             schema=CODE_SCHEMA,
@@ -116,3 +122,118 @@ def with_codes(features, user_codes: pl.DataFrame, item_codes: pl.DataFrame, siz
         item_attr_names=[*features.item_attr_names, "knowledge_code"],
         item_attr_sizes=[*features.item_attr_sizes, size + 1],
     )
+
+
+CODEBOOK_FILE = "codebook.npz"
+_KINDS = ("user", "item")
+
+
+def vectors_fingerprint(users: pl.DataFrame, items: pl.DataFrame) -> str:
+    """A digest of the ids and vectors a codebook is fitted on (to reuse a saved one)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for kind, frame in zip(_KINDS, (users, items), strict=True):
+        x = _matrix(frame, kind)
+        digest.update(kind.encode())
+        digest.update("\0".join(frame["entity_id"].cast(pl.Utf8).to_list()).encode())
+        digest.update(np.ascontiguousarray(x).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class KnowledgeCodebooks:
+    """One codebook per knowledge kind, fitted on the adapted vectors of a training run.
+
+    Saved beside the adapted vectors, so a refresh assigns codes to new vectors with the
+    codebook the published codes came from (never refitted there).
+    """
+
+    user: KnowledgeCodebook
+    item: KnowledgeCodebook
+    size: int  # the configured size (each kind's k may be smaller: capped by distinct vectors)
+    seed: int = 0
+    fingerprint: str = ""
+
+    @classmethod
+    def fit(
+        cls, users: pl.DataFrame, items: pl.DataFrame, size: int = 64, seed: int = 0
+    ) -> KnowledgeCodebooks:
+        """k-means per kind over (entity_id, vector) frames."""
+        return cls(
+            user=KnowledgeCodebook.fit(users, size, seed, "user"),
+            item=KnowledgeCodebook.fit(items, size, seed, "item"),
+            size=size,
+            seed=seed,
+            fingerprint=vectors_fingerprint(users, items),
+        )
+
+    def codebook(self, kind: str) -> KnowledgeCodebook:
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be 'user' or 'item', not {kind!r}")
+        return self.user if kind == "user" else self.item
+
+    def with_codes(self, kind: str, vectors: pl.DataFrame, column: str = "code") -> pl.DataFrame:
+        """``vectors`` plus an Int64 ``column``: each row's nearest centroid, 1..k."""
+        codes = self.codebook(kind).assign(vectors, kind)["code"]
+        return vectors.with_columns(codes.alias(column))
+
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.npz`` (centroids per kind + JSON metadata; no pickled objects)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"size": self.size, "seed": self.seed, "fingerprint": self.fingerprint}
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                user=self.user.centroids,
+                item=self.item.centroids,
+                meta=np.array(json.dumps(meta)),
+            )
+        return tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KnowledgeCodebooks:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                user, item = data["user"], data["item"]
+        except FileNotFoundError:
+            raise ConfigError(f"no knowledge codebook at {path}") from None
+        except (OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"{path}: not a knowledge codebook file: {exc}") from exc
+        for kind, centroids in (("user", user), ("item", item)):
+            if centroids.ndim != 2 or not len(centroids):
+                raise ConfigError(f"{path}: field {kind!r}: centroids must be a non-empty matrix")
+        return cls(
+            user=KnowledgeCodebook(user.astype(np.float32)),
+            item=KnowledgeCodebook(item.astype(np.float32)),
+            size=int(meta.get("size", max(len(user), len(item)))),
+            seed=int(meta.get("seed", 0)),
+            fingerprint=str(meta.get("fingerprint", "")),
+        )
+
+    @classmethod
+    def fit_or_load(
+        cls, path: str | Path, users: pl.DataFrame, items: pl.DataFrame, size: int, seed: int = 0
+    ) -> KnowledgeCodebooks:
+        """The codebooks saved at ``path`` when fitted on these vectors with this size and
+        seed; otherwise fitted now and saved there."""
+        path = Path(path)
+        if path.is_file():
+            try:
+                saved = cls.load(path)
+            except ConfigError:
+                saved = None
+            if (
+                saved is not None
+                and (saved.size, saved.seed) == (size, seed)
+                and saved.fingerprint == vectors_fingerprint(users, items)
+            ):
+                return saved
+        fitted = cls.fit(users, items, size, seed)
+        fitted.save(path)
+        return fitted

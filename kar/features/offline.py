@@ -8,7 +8,7 @@ import polars as pl
 
 from kar.data.schema import TIMESTAMP
 from kar.errors import FeatureStoreError
-from kar.features.repo import FEATURE_SERVICE, feature_store
+from kar.features.repo import FEATURE_SERVICE, ITEM_CODE, USER_CODE, feature_store
 
 _ROW = "__kar_row"
 REQUIRED = ("user_id", "item_id", "event_timestamp")
@@ -19,7 +19,9 @@ def training_set(
 ) -> pl.DataFrame:
     """Join each row of ``entity_df`` (user_id, item_id, event_timestamp, + any columns) with
     the vectors valid at its event_timestamp. Same rows, same order; vectors as list[f32],
-    null where no vector existed yet. ``features``: a feature service name or feature refs.
+    null where no vector existed yet; in a repo with knowledge codes, also
+    ``user_knowledge_code`` / ``item_knowledge_code`` (Int64, null where none).
+    ``features``: a feature service name or feature refs.
     """
     missing = [c for c in REQUIRED if c not in entity_df.columns]
     if missing:
@@ -61,5 +63,7 @@ def training_set(
     extra = [c for c in result.columns if c not in frame.columns]
     result = result.sort(_ROW).select([*entity_df.columns, *extra])
     return result.with_columns(
-        pl.col(c).cast(pl.List(pl.Float32)) for c in extra if isinstance(result[c].dtype, pl.List)
+        pl.col(c).cast(pl.List(pl.Float32) if isinstance(result[c].dtype, pl.List) else pl.Int64)
+        for c in extra
+        if isinstance(result[c].dtype, pl.List) or c in (USER_CODE, ITEM_CODE)
     )

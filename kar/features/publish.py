@@ -1,4 +1,9 @@
-"""Publish knowledge vectors: new Parquet part files, feast apply, materialize (or push)."""
+"""Publish knowledge vectors: new Parquet part files, feast apply, materialize (or push).
+
+In a repo with ``knowledge_codes`` on, every row also carries the vector's k-means code
+(``<entity>_knowledge_code``, Int64 1..k, null when the entity has none): taken from a
+``code`` column of the frame, or assigned with ``codebooks`` (:mod:`kar.adaptor.codes`).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from kar.errors import FeatureStoreError
+from kar.errors import FeatureStoreError, KarError
 from kar.features.repo import (
+    ITEM_CODE,
     ITEM_FEATURE,
     ITEM_VIEW,
+    USER_CODE,
     USER_FEATURE,
     USER_VIEW,
     apply_repo,
@@ -24,10 +32,84 @@ from kar.features.repo import (
 from kar.features.stores import check_online_store
 from kar.features.vectors import prepare_vectors, to_utc
 
+if TYPE_CHECKING:
+    from kar.adaptor.codes import KnowledgeCodebooks
+
 _SIDES = (
     ("user", "user_id", USER_VIEW, USER_FEATURE),
     ("item", "item_id", ITEM_VIEW, ITEM_FEATURE),
 )
+CODE_FIELDS = {"user": USER_CODE, "item": ITEM_CODE}
+CODE_COLUMN = "code"
+
+
+def _codes_column(kind: str, frame: pl.DataFrame, ids: pl.Series) -> pl.Series:
+    """The frame's code column (``<kind>_knowledge_code`` or ``code``) checked, as Int64;
+    all null when the frame has none."""
+    name = CODE_FIELDS[kind]
+    col = name if name in frame.columns else CODE_COLUMN if CODE_COLUMN in frame.columns else None
+    if col is None:
+        return pl.Series(name, [None] * frame.height, dtype=pl.Int64)
+    codes = frame[col]
+    if not (codes.dtype.is_integer() or codes.dtype == pl.Null):
+        raise FeatureStoreError(
+            f"{kind} vectors: field {col!r} must hold integer codes, got {codes.dtype}"
+        )
+    codes = codes.cast(pl.Int64)
+    bad = (codes < 1).fill_null(False).arg_true()
+    if bad.len():
+        i = int(bad[0])
+        raise FeatureStoreError(
+            f"{kind} {ids[i]!r}: field {col!r} is {codes[i]}; codes are 1..k (null for none)"
+        )
+    return codes.alias(name)
+
+
+def prepare_knowledge(
+    kind: str,
+    frame: pl.DataFrame,
+    *,
+    dim: int,
+    codes: bool,
+    default_timestamp: datetime,
+    created: datetime,
+    codebooks: KnowledgeCodebooks | None = None,
+) -> pl.DataFrame:
+    """Validate one side's frame into the built-in view's rows (see :func:`publish`).
+
+    ``codes``: the repo's views have the code field; the rows then carry it: the frame's
+    code column, else the nearest centroid of ``codebooks``, else null. A code column sent
+    to a repo without the field is an error.
+    """
+    key, feature = ("user_id", USER_FEATURE) if kind == "user" else ("item_id", ITEM_FEATURE)
+    out = prepare_vectors(
+        frame,
+        kind=kind,
+        join_key=key,
+        feature=feature,
+        dim=dim,
+        default_timestamp=default_timestamp,
+        created=created,
+    )
+    if not codes:
+        for col in (CODE_FIELDS[kind], CODE_COLUMN):
+            if col in frame.columns:
+                raise FeatureStoreError(
+                    f"{kind} vectors: field {col!r} given, but the repository's views have no "
+                    "code field (init_feature_repo(knowledge_codes=True) or enable_codes)"
+                )
+        return out
+    if codebooks is not None and not {CODE_FIELDS[kind], CODE_COLUMN} & set(frame.columns):
+        vectors = out.select(pl.col(key).alias("entity_id"), pl.col(feature).alias("vector"))
+        try:
+            code = codebooks.codebook(kind).assign(vectors, kind)["code"].alias(CODE_FIELDS[kind])
+        except KarError as exc:
+            raise FeatureStoreError(
+                f"{kind} vectors: cannot assign knowledge codes: {exc}"
+            ) from exc
+    else:
+        code = _codes_column(kind, frame, out[key])
+    return out.select(key, feature, code, "event_timestamp", "created")
 
 
 @dataclass
@@ -54,21 +136,28 @@ def _validated(
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     event_timestamp: datetime | None,
+    codebooks: KnowledgeCodebooks | None = None,
 ) -> dict[str, pl.DataFrame]:
-    dim = int(read_settings(repo)["vector_dim"])
+    settings = read_settings(repo)
+    dim, codes = int(settings["vector_dim"]), bool(settings.get("knowledge_codes", False))
+    if codebooks is not None and not codes:
+        raise FeatureStoreError(
+            f"codebooks given, but the views of {repo} have no code field "
+            "(init_feature_repo(knowledge_codes=True) or enable_codes)"
+        )
     now = datetime.now(UTC)
     default_ts = to_utc(event_timestamp) if event_timestamp is not None else now
     frames: dict[str, pl.DataFrame] = {}
-    for (kind, key, view, feature), frame in zip(_SIDES, (users, items), strict=True):
+    for (kind, _key, view, _feature), frame in zip(_SIDES, (users, items), strict=True):
         if frame is not None and frame.height:
-            frames[view] = prepare_vectors(
+            frames[view] = prepare_knowledge(
+                kind,
                 frame,
-                kind=kind,
-                join_key=key,
-                feature=feature,
                 dim=dim,
+                codes=codes,
                 default_timestamp=default_ts,
                 created=now,
+                codebooks=codebooks,
             )
     return frames
 
@@ -116,18 +205,21 @@ def publish(
     materialize: bool = True,
     *,
     lineage: Mapping[str, str] | None = None,
+    codebooks: KnowledgeCodebooks | None = None,
 ) -> PublishReport:
     """Publish user and item vectors to the repo's Feast store.
 
     Frames: ``user_id``/``item_id`` (or ``entity_id``), ``vector`` (list of floats, the
     repo's ``vector_dim``), optional ``event_timestamp`` per row (e.g. the user's as_of;
-    default ``event_timestamp`` or now). Everything is validated before anything is written.
-    ``lineage`` (prompt_version, llm, encoder, adaptor) updates the views' tags.
+    default ``event_timestamp`` or now), optional ``code`` (Int64 1..k; repos with
+    knowledge codes only). ``codebooks`` assigns the codes of frames without one.
+    Everything is validated before anything is written. ``lineage`` (prompt_version, llm,
+    encoder, adaptor) updates the views' tags.
     """
     repo = Path(repo)
     report = PublishReport()
     t = time.perf_counter()
-    frames = _validated(repo, users, items, event_timestamp)
+    frames = _validated(repo, users, items, event_timestamp, codebooks)
     report.seconds["validate"] = time.perf_counter() - t
     defaulted = event_timestamp is None and not any(
         f is not None and "event_timestamp" in f.columns for f in (users, items)
@@ -192,15 +284,18 @@ def push_online(
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     event_timestamp: datetime | None = None,
+    *,
+    codebooks: KnowledgeCodebooks | None = None,
 ) -> int:
-    """Write vectors to the online store only, through the push sources (refresh path).
+    """Write vectors (and codes, as in :func:`publish`) to the online store only, through
+    the push sources (refresh path).
 
     The offline side is not touched: call ``publish(..., materialize=False)`` for it.
     Returns the number of rows pushed.
     """
     from feast.data_source import PushMode
 
-    frames = _validated(Path(repo), users, items, event_timestamp)
+    frames = _validated(Path(repo), users, items, event_timestamp, codebooks)
     check_online_store(Path(repo))
     store = feature_store(Path(repo))
     rows = 0

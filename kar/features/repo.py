@@ -20,6 +20,7 @@ SETTINGS_FILE = "kar_repo.json"
 DEFINITIONS_FILE = "knowledge_features.py"
 USER_VIEW, ITEM_VIEW = "user_knowledge", "item_knowledge"
 USER_FEATURE, ITEM_FEATURE = "user_knowledge_vector", "item_knowledge_vector"
+USER_CODE, ITEM_CODE = "user_knowledge_code", "item_knowledge_code"  # k-means code, Int64
 FEATURE_SERVICE = "kar_ctr_knowledge"
 LINEAGE_KEYS = ("prompt_version", "llm", "encoder", "adaptor")
 DEFAULT_ONLINE_STORE: dict[str, Any] = {"type": "sqlite", "path": "data/online_store.db"}
@@ -37,11 +38,14 @@ def init_feature_repo(
     offline_store: Mapping[str, Any] | None = None,
     registry: str | Mapping[str, Any] = "data/registry.db",
     overwrite: bool = False,
+    knowledge_codes: bool = False,
 ) -> Path:
     """Render the bundled ``feature_repo/`` template into ``dest`` and return ``dest``.
 
     ``online_store`` / ``offline_store`` replace the ``feature_store.yaml`` blocks
     (default: SQLite file, DuckDB). ``ttl_seconds`` = 0 keeps a vector valid until replaced.
+    ``knowledge_codes``: the views also hold an Int64 ``<entity>_knowledge_code`` (the
+    k-means code of the vector); :func:`enable_codes` turns it on later, before any publish.
     """
     dest = Path(dest)
     if not project.isidentifier():
@@ -72,6 +76,7 @@ def init_feature_repo(
         "project": project,
         "vector_dim": vector_dim,
         "ttl_seconds": ttl_seconds,
+        "knowledge_codes": bool(knowledge_codes),
         "lineage": {key: "unset" for key in LINEAGE_KEYS},
     }
     settings["lineage"].update({str(k): str(v) for k, v in (lineage or {}).items()})
@@ -95,6 +100,35 @@ def read_settings(repo: Path) -> dict[str, Any]:
 
 def write_settings(repo: Path, settings: Mapping[str, Any]) -> None:
     (Path(repo) / SETTINGS_FILE).write_text(json.dumps(dict(settings), indent=2) + "\n")
+
+
+def codes_enabled(repo: Path) -> bool:
+    """Whether the repo's knowledge views carry the ``*_knowledge_code`` field."""
+    return bool(read_settings(repo).get("knowledge_codes", False))
+
+
+def enable_codes(repo: Path) -> None:
+    """Add the code field to the built-in views (takes effect at the next apply).
+
+    Allowed only while no part file of those views exists: every part of a view must have
+    the same columns (DuckDB reads a glob with the first file's schema).
+    """
+    settings = read_settings(repo)
+    if settings.get("knowledge_codes"):
+        return
+    parts = [p for view in (USER_VIEW, ITEM_VIEW) for p in part_files(repo, view)]
+    if parts:
+        raise FeatureStoreError(
+            f"{repo} already holds knowledge vectors without codes ({parts[0]}): "
+            "publish codes to a new feature repository, or set features.codebook_size: 0"
+        )
+    settings["knowledge_codes"] = True
+    write_settings(repo, settings)
+
+
+def part_files(repo: Path, view: str) -> list[Path]:
+    """The Parquet part files of a view, oldest name first."""
+    return sorted((Path(repo) / "data" / view).glob("*.parquet"))
 
 
 def update_lineage(repo: Path, lineage: Mapping[str, str]) -> dict[str, str]:

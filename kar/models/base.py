@@ -123,9 +123,17 @@ class CTRModel(nn.Module):
         self.spec = spec
         self.config = config
         self.inputs = CTRInputLayer(spec, config.embedding_dim, knowledge_dim)
+        self._auxiliary: torch.Tensor | None = None
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """An extra loss term (already weighted) from the last training forward pass, or None;
+        reading it clears it. ``train_ctr`` adds it to the CTR loss (e.g. DIEN's next-click
+        loss): a backbone sets ``self._auxiliary`` in ``logit`` to use the hook."""
+        aux, self._auxiliary = self._auxiliary, None
+        return aux
 
     def forward(
         self, batch: dict[str, torch.Tensor], knowledge: Knowledge | None = None

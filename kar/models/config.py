@@ -62,3 +62,7 @@ class DIENConfig(ModelConfig):
 
     gru_hidden: int | None = Field(None, ge=1)  # None: embedding_dim
     attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    # weight of the auxiliary next-click loss on the extractor's hidden states (paper: 1.0);
+    # 0 disables it
+    aux_weight: float = Field(1.0, ge=0.0)
+    aux_hidden: list[int] = Field(default_factory=lambda: [100, 50])  # the paper's aux net

@@ -2,13 +2,20 @@
 
 ``compare`` -> one row per (backbone, knowledge, seed); ``summarize`` -> mean ± std per
 backbone x knowledge with the relative AUC gain; ``write_report`` -> markdown table + PNG.
+
+With ``tune=True``, each backbone (with and without knowledge separately) first picks its
+configuration from a small grid (:data:`TUNING_GRID`) by validation AUC at the first seed;
+the trials never read the test split. Every seed then runs the chosen configuration, whose
+test metrics are the only ones reported; the choice is recorded in the ``config`` column.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -17,7 +24,17 @@ from kar.errors import ConfigError
 from kar.models.baseline import fit_rate_baseline
 from kar.models.inputs import CTRFeatures
 
+if TYPE_CHECKING:
+    from kar.models.train import TrainResult
+
 BASELINE = "baseline_lr"
+# Shared ModelConfig fields every backbone has: 2 learning rates x 2 weight decays.
+TUNING_GRID: tuple[dict[str, Any], ...] = (
+    {"lr": 1e-3, "weight_decay": 0.0},
+    {"lr": 3e-3, "weight_decay": 0.0},
+    {"lr": 1e-3, "weight_decay": 1e-5},
+    {"lr": 3e-3, "weight_decay": 1e-5},
+)
 RESULT_SCHEMA = {
     "backbone": pl.Utf8,
     "knowledge": pl.Boolean,
@@ -27,7 +44,53 @@ RESULT_SCHEMA = {
     "valid_auc": pl.Float64,
     "best_epoch": pl.Int64,
     "seconds_per_epoch": pl.Float64,
+    "config": pl.Utf8,  # the grid point chosen on validation (JSON; "{}" when not tuned)
 }
+
+
+def _config_text(point: Mapping[str, Any]) -> str:
+    return json.dumps(dict(point), sort_keys=True)
+
+
+def choose_config(
+    features: CTRFeatures,
+    backbone: str,
+    grid: Sequence[Mapping[str, Any]] = TUNING_GRID,
+    model_config: Mapping[str, Any] | None = None,
+    adaptor_config: AdaptorConfig | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, Any], TrainResult, list[dict[str, Any]]]:
+    """Train ``backbone`` once per grid point (over ``model_config``) and keep the best
+    validation AUC (lower validation LogLoss breaks a tie; then the earlier point).
+
+    The trials do not read the test split. Returns (chosen point, its run with the test
+    split evaluated once, one dict per trial: config, valid_auc, valid_logloss).
+    """
+    from kar.models.train import _better, evaluate, train_ctr
+
+    if not grid:
+        raise ConfigError("the tuning grid is empty")
+    trials: list[dict[str, Any]] = []
+    best: tuple[dict[str, Any], TrainResult] | None = None
+    for point in grid:
+        result = train_ctr(
+            features,
+            backbone,
+            {**(model_config or {}), **point},
+            adaptor_config,
+            seed=seed,
+            progress=progress,
+            evaluate_test=False,
+        )
+        score = (result.valid_auc, result.valid_logloss)
+        trials.append({"config": dict(point), "valid_auc": score[0], "valid_logloss": score[1]})
+        if best is None or _better(score, (best[1].valid_auc, best[1].valid_logloss)):
+            best = (dict(point), result)
+    assert best is not None
+    chosen, result = best
+    result.test_auc, result.test_logloss = evaluate(result.model, features.tensors("test"))
+    return chosen, result, trials
 
 
 def compare(
@@ -37,8 +100,15 @@ def compare(
     adaptor_config: AdaptorConfig | None = None,
     model_config: dict | None = None,
     progress: bool = True,
+    tune: bool = False,
+    grid: Sequence[Mapping[str, Any]] | None = None,
 ) -> pl.DataFrame:
-    """Train every backbone without and with knowledge for every seed, plus the baseline."""
+    """Train every backbone without and with knowledge for every seed, plus the baseline.
+
+    ``tune``: choose each (backbone, knowledge) configuration from ``grid`` (default
+    :data:`TUNING_GRID`, overriding ``model_config``) on validation AUC at the first seed,
+    then run every seed with it (see :func:`choose_config`).
+    """
     from kar.models.train import train_ctr
 
     features = features_with_knowledge
@@ -59,19 +129,36 @@ def compare(
                 "valid_auc": base.valid_auc,
                 "best_epoch": 0,
                 "seconds_per_epoch": base.seconds,
+                "config": "{}",
             }
         )
     for backbone in backbones:
+        chosen: dict[bool, dict[str, Any]] = {}
         for seed in seeds:
             for with_knowledge in (False, True):
-                result = train_ctr(
-                    features if with_knowledge else plain,
-                    backbone,
-                    model_config,
-                    adaptor_config if with_knowledge else None,
-                    seed=seed,
-                    progress=progress,
-                )
+                feats = features if with_knowledge else plain
+                adaptor = adaptor_config if with_knowledge else None
+                if tune and with_knowledge not in chosen:
+                    point, result, _ = choose_config(
+                        feats,
+                        backbone,
+                        TUNING_GRID if grid is None else grid,
+                        model_config,
+                        adaptor,
+                        seed=seed,
+                        progress=progress,
+                    )
+                    chosen[with_knowledge] = point
+                else:
+                    point = chosen.get(with_knowledge, {})
+                    result = train_ctr(
+                        feats,
+                        backbone,
+                        {**(model_config or {}), **point} if point else model_config,
+                        adaptor,
+                        seed=seed,
+                        progress=progress,
+                    )
                 rows.append(
                     {
                         "backbone": backbone,
@@ -82,6 +169,7 @@ def compare(
                         "valid_auc": result.valid_auc,
                         "best_epoch": result.best_epoch,
                         "seconds_per_epoch": result.seconds_per_epoch,
+                        "config": _config_text(point),
                     }
                 )
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
@@ -164,6 +252,27 @@ def _bar_chart(summary: pl.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _tuning_markdown(results: pl.DataFrame) -> str:
+    """The configurations chosen on validation, when ``compare`` tuned (else nothing)."""
+    if "config" not in results.columns:
+        return ""
+    tuned = results.filter((pl.col("backbone") != BASELINE) & (pl.col("config") != "{}"))
+    if tuned.height == 0:
+        return ""
+    chosen = tuned.group_by("backbone", "knowledge", maintain_order=True).agg(
+        pl.col("config").first()
+    )
+    lines = [
+        "Configurations chosen per backbone on validation AUC (first seed); test metrics "
+        "above are those of the chosen configuration only:\n",
+        "| backbone | knowledge | config |",
+        "|---|---|---|",
+    ]
+    for r in chosen.iter_rows(named=True):
+        lines.append(f"| {r['backbone']} | {'yes' if r['knowledge'] else 'no'} | `{r['config']}` |")
+    return "\n".join(lines) + "\n\n"
+
+
 def write_report(
     results: pl.DataFrame, out_dir: str | Path, title: str, command: str
 ) -> tuple[Path, Path]:
@@ -180,6 +289,7 @@ def write_report(
         f"Test split read once per run, after selecting the epoch on validation AUC. "
         f"`{BASELINE}`: logistic regression on the item's and the user's positive rate "
         f"before each sample. A gain smaller than the seed std is noise.\n\n"
+        f"{_tuning_markdown(results)}"
         f"![test AUC]({png_path.name})\n"
     )
     md_path.write_text(md, encoding="utf-8")

@@ -8,6 +8,7 @@ the test split is evaluated once, at the end.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ class KARModel(nn.Module):
             user_vec, item_vec = self.adaptor(self.user_knowledge[u], self.item_knowledge[i])
             know = Knowledge(user_vec, item_vec, self.user_missing[u], self.item_missing[i])
         return self.backbone(batch, know)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The backbone's auxiliary loss term of the last training forward pass, or None."""
+        return self.backbone.auxiliary_loss()
 
 
 @dataclass
@@ -165,8 +170,13 @@ def train_ctr(
     adaptor_config: AdaptorConfig | None = None,
     seed: int = 0,
     progress: bool = False,
+    evaluate_test: bool = True,
 ) -> TrainResult:
-    """Train ``backbone`` (with the adaptor jointly when ``adaptor_config`` is given)."""
+    """Train ``backbone`` (with the adaptor jointly when ``adaptor_config`` is given).
+
+    ``evaluate_test=False`` leaves the test split unread (test metrics NaN), e.g. for the
+    trials of a hyper-parameter search chosen on validation.
+    """
     set_seed(seed)
     model, config = build_model(features, backbone, model_config, adaptor_config)
     train, valid = features.tensors("train"), features.tensors("valid")
@@ -184,24 +194,25 @@ def train_ctr(
     for epoch in range(1, config.max_epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        total = 0.0
+        total, aux_total, with_aux = 0.0, 0.0, False
         for idx in torch.randperm(n, generator=generator).split(config.batch_size):
             batch = {k: v[idx] for k, v in train.items()}
             loss = loss_fn(model(batch), batch["label"])
+            aux = model.auxiliary_loss()  # e.g. DIEN's next-click loss; None for most models
+            if aux is not None:
+                loss = loss + aux
+                aux_total += aux.item() * len(idx)
+                with_aux = True
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(idx)
         train_seconds += time.perf_counter() - t0
         score = evaluate(model, valid)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": total / n,
-                "valid_auc": score[0],
-                "valid_logloss": score[1],
-            }
-        )
+        row = {"epoch": epoch, "train_loss": total / n}  # CTR loss + auxiliary term
+        if with_aux:
+            row["aux_loss"] = aux_total / n
+        history.append({**row, "valid_auc": score[0], "valid_logloss": score[1]})
         if progress:
             from rich import print as rprint
 
@@ -218,7 +229,9 @@ def train_ctr(
                 break
     assert best is not None and best_state is not None
     model.load_state_dict(best_state)
-    test_auc, test_logloss = evaluate(model, features.tensors("test"))
+    test_auc, test_logloss = (
+        evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
+    )
     epochs_run = len(history)
     return TrainResult(
         backbone=backbone,

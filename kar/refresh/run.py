@@ -3,7 +3,8 @@
 A run is planned (events after the watermark -> users to refresh; catalog items not yet
 known -> items to cold-start), its plan recorded as pending, then executed stage by
 stage: generate (knowledge store: an answered call is never repeated), encode, adapt
-with the trained adaptor, write the offline part files (one name per run and view, so a
+with the trained adaptor (and assign each vector its knowledge code with the codebook
+saved at publish, never refitted), write the offline part files (one name per run and view, so a
 rerun finds them written), push online, and commit (run done, watermark moved, new items
 known) in one transaction. Killed at any point, the next refresh resumes the pending
 plan: no LLM call repeated, no row written twice, no event skipped.
@@ -207,8 +208,27 @@ def _adapt(project: Project, encoded: Any, as_of: datetime) -> tuple[pl.DataFram
         raise KarError(f"no trained adaptor in {project.adaptor_dir}: run `kar train` first")
     adaptor = TrainedAdaptor.load(project.adaptor_dir)
     users, items = adaptor.export(encoded.users, encoded.items)
+    users, items = assign_codes(project, users, items)
     stamp = pl.lit(as_of, dtype=pl.Datetime("us", "UTC")).alias("event_timestamp")
     return users.with_columns(stamp), items.with_columns(stamp)
+
+
+def assign_codes(
+    project: Project, users: pl.DataFrame, items: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Adapted vectors plus a ``code`` column from the codebook saved by ``kar publish``.
+
+    Unchanged when the feature repo has no code field or no codebook was saved (codes
+    switched off): the rows are then published without a code.
+    """
+    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+    from kar.features.repo import codes_enabled
+
+    path = project.knowledge_dir / CODEBOOK_FILE
+    if not codes_enabled(project.feature_repo) or not path.is_file():
+        return users, items
+    codebooks = KnowledgeCodebooks.load(path)
+    return codebooks.with_codes("user", users), codebooks.with_codes("item", items)
 
 
 def _slug(source: str) -> str:
@@ -223,16 +243,14 @@ def write_offline(
     Written to a hidden temporary name and renamed, so a kill never leaves half a file
     where the offline store reads.
     """
-    from kar.features.repo import ITEM_FEATURE, ITEM_VIEW, USER_FEATURE, USER_VIEW, read_settings
-    from kar.features.vectors import prepare_vectors
+    from kar.features.publish import prepare_knowledge
+    from kar.features.repo import ITEM_VIEW, USER_VIEW, read_settings
 
-    dim = int(read_settings(repo)["vector_dim"])
+    settings = read_settings(repo)
+    dim, codes = int(settings["vector_dim"]), bool(settings.get("knowledge_codes", False))
     files, rows = [], 0
-    sides = (
-        ("user", "user_id", USER_VIEW, USER_FEATURE, users),
-        ("item", "item_id", ITEM_VIEW, ITEM_FEATURE, items),
-    )
-    for kind, key, view, feature, frame in sides:
+    sides = (("user", USER_VIEW, users), ("item", ITEM_VIEW, items))
+    for kind, view, frame in sides:
         if frame.height == 0:
             continue
         folder = Path(repo) / "data" / view
@@ -240,12 +258,11 @@ def write_offline(
         name = f"part-refresh-{_slug(run.source)}-{run.run_id:08d}"
         target = folder / f"{name}.parquet"
         if not target.exists():
-            out = prepare_vectors(
+            out = prepare_knowledge(
+                kind,
                 frame,
-                kind=kind,
-                join_key=key,
-                feature=feature,
                 dim=dim,
+                codes=codes,
                 default_timestamp=knowledge_time(run.new_watermark),
                 created=run.started_at,
             )

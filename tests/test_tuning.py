@@ -1,0 +1,111 @@
+"""Tuning on validation only: the grid point is chosen by validation AUC, never by test."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kar.models.evaluation import TUNING_GRID, choose_config, compare, write_report
+from kar.models.inputs import CTRFeatures
+from kar.models.toydata import simple_time_split, synthetic_dataset, synthetic_knowledge
+from kar.models.train import train_ctr
+from kar.project import ProjectSettings
+
+# Two learning rates far apart, so the validation AUCs differ clearly on this data.
+GRID = ({"lr": 1e-4}, {"lr": 1e-2})
+CONFIG = {"max_epochs": 2, "batch_size": 256, "embedding_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def features() -> CTRFeatures:
+    ds, truth = synthetic_dataset(n_users=120, n_items=400, n_rows=4000)
+    users, items = synthetic_knowledge(ds, truth, dim=8)
+    split = simple_time_split(ds.interactions)
+    return CTRFeatures.build(ds, split, history_len=5, knowledge_users=users, knowledge_items=items)
+
+
+def _relabel(features: CTRFeatures, split: str, fn) -> CTRFeatures:
+    """The same features with ``fn`` applied to one split's labels (what the models read)."""
+    labels = fn(features.arrays[split]["label"]).astype(np.float32)
+    arrays = {**features.arrays, split: {**features.arrays[split], "label": labels}}
+    return dataclasses.replace(features, arrays=arrays)
+
+
+def test_choice_depends_on_validation_labels_only(features) -> None:
+    plain = features.without_knowledge()
+    point, chosen, trials = choose_config(plain, "deepfm", GRID, CONFIG)
+    assert [t["config"] for t in trials] == list(GRID)
+    assert point == max(trials, key=lambda t: t["valid_auc"])["config"] == {"lr": 1e-2}
+    assert chosen.valid_auc == max(t["valid_auc"] for t in trials)
+    assert not np.isnan(chosen.test_auc)  # the chosen run alone is evaluated on test
+
+    rng = np.random.default_rng(0)
+    shuffled = _relabel(plain, "test", rng.permutation)
+    point_t, chosen_t, trials_t = choose_config(shuffled, "deepfm", GRID, CONFIG)
+    assert point_t == point
+    assert [t["valid_auc"] for t in trials_t] == [t["valid_auc"] for t in trials]
+    assert chosen_t.test_auc != chosen.test_auc  # the test labels did change
+
+    flipped = _relabel(plain, "valid", lambda y: 1 - y)
+    point_v, _, trials_v = choose_config(flipped, "deepfm", GRID, CONFIG)
+    assert [t["valid_auc"] for t in trials_v] != [t["valid_auc"] for t in trials]
+    assert point_v != point  # validation decides
+
+
+def test_trials_leave_the_test_split_unread(features) -> None:
+    plain = features.without_knowledge()
+    result = train_ctr(plain, "deepfm", CONFIG, evaluate_test=False)
+    assert np.isnan(result.test_auc) and np.isnan(result.test_logloss)
+    assert not np.isnan(result.valid_auc)
+
+
+def test_compare_runs_every_seed_with_the_chosen_config(features, tmp_path) -> None:
+    results = compare(
+        features,
+        ("deepfm",),
+        seeds=(0, 1),
+        model_config=CONFIG,
+        progress=False,
+        tune=True,
+        grid=GRID,
+    )
+    assert results.height == 2 + 2 * 2  # as without tuning: only the chosen config reported
+    rows = results.filter(pl.col("backbone") == "deepfm")
+    for with_knowledge in (False, True):
+        arm = rows.filter(pl.col("knowledge") == with_knowledge)
+        assert arm["config"].n_unique() == 1 and json.loads(arm["config"][0]) in GRID
+    assert set(results.filter(pl.col("backbone") == "baseline_lr")["config"]) == {"{}"}
+
+    # seed 0 is the tuning run of the chosen point; seed 1 reruns that point
+    plain = features.without_knowledge()
+    point, first, _ = choose_config(plain, "deepfm", GRID, CONFIG, seed=0)
+    second = train_ctr(plain, "deepfm", {**CONFIG, **point}, seed=1)
+    without = rows.filter(~pl.col("knowledge")).sort("seed")
+    assert json.loads(without["config"][0]) == point
+    assert without["test_auc"].to_list() == pytest.approx([first.test_auc, second.test_auc])
+
+    md, _ = write_report(results, tmp_path, "tuned", "kar evaluate")
+    text = md.read_text()
+    assert "Configurations chosen per backbone on validation AUC" in text
+    assert f"| deepfm | no | `{without['config'][0]}` |" in text
+
+    untuned = compare(features, ("deepfm",), seeds=(0,), model_config=CONFIG, progress=False)
+    assert set(untuned["config"]) == {"{}"}
+    assert (
+        "Configurations chosen"
+        not in write_report(untuned, tmp_path / "u", "t", "c")[0].read_text()
+    )
+
+
+def test_tuning_is_a_project_setting_with_a_small_shared_grid() -> None:
+    assert ProjectSettings().training.tune is False
+    assert ProjectSettings.model_validate({"training": {"tune": True}}).training.tune
+    assert 1 < len(TUNING_GRID) <= 4
+    from kar.models.config import ModelConfig
+
+    for point in TUNING_GRID:  # fields every backbone shares
+        assert set(point) <= set(ModelConfig.model_fields)
