@@ -29,7 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ml-100k"
-LEAD_STORE = Path("/tmp/bench/ml-100k/artifacts/knowledge.db")
+# earlier answers of the same scenario, e.g. benchmarks/movielens.py's MovieLens-1M store
+DEFAULT_POOL = Path("/tmp/bench/ml-1m/artifacts/knowledge.db")
 
 
 def main() -> None:
@@ -38,10 +39,13 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument(
-        "--pool-db", type=Path, default=LEAD_STORE, help="SQLite knowledge store (read only)"
+        "--pool-db", type=Path, default=DEFAULT_POOL, help="SQLite knowledge store (read only)"
     )
     parser.add_argument(
         "--pool-min", type=int, default=64, help="answers per kind in the pool (top-up)"
+    )
+    parser.add_argument(
+        "--pool-max", type=int, default=0, help="most pooled answers per kind (0: all)"
     )
     parser.add_argument(
         "--prompts", type=int, default=64, help="user prompts and item prompts, each"
@@ -101,7 +105,14 @@ def main() -> None:
     user_ids = sorted(set(ds.interactions["user_id"].to_list()), key=int)
     item_ids = sorted(set(ds.items["item_id"].to_list()), key=int)
     targets = {KIND_USER: user_ids[: args.prompts], KIND_ITEM: item_ids[: args.prompts]}
-    if args.pool_db.exists():
+    prompts = {
+        KIND_USER: build_user_prompts(ds, scenario, split.as_of, user_ids=targets[KIND_USER]),
+        KIND_ITEM: build_item_prompts(ds, scenario, item_ids=targets[KIND_ITEM]),
+    }
+    # a store of another dataset (e.g. MovieLens-1M) may hold the same films: never pool
+    # an answer about a target film (same title), which would be its own answer
+    target_films = {p.context_text.split(" (")[0].lower() for p in prompts[KIND_ITEM]}
+    if args.pool_db and args.pool_db.exists():
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "pool.db"
             src = sqlite3.connect(f"file:{args.pool_db}?mode=ro", uri=True)
@@ -112,11 +123,20 @@ def main() -> None:
             store = KnowledgeStore(f"sqlite:///{copy}")
             frame = store.answers(scenario=scenario.name)
             store.close()
+        skipped_films = 0
         for row in frame.iter_rows(named=True):
-            if row["kind"] in pooled and row["entity_id"] not in targets[row["kind"]]:
-                pooled[row["kind"]].append(row["entity_id"])
-                ended = row["finish_reason"] in ("stop", "trimmed")
-                pool.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended)
+            kind = row["kind"]
+            if kind not in pooled or row["entity_id"] in targets[kind]:
+                continue
+            if kind == KIND_ITEM and row["context_text"].split(" (")[0].lower() in target_films:
+                skipped_films += 1
+                continue
+            if args.pool_max and len(pooled[kind]) >= args.pool_max:
+                continue
+            pooled[kind].append(row["entity_id"])
+            ended = row["finish_reason"] in ("stop", "trimmed")
+            pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended)
+        print(f"pool from {args.pool_db}: {skipped_films} answers about target films left out")
     # ... topped up by plain greedy answers for yet other entities (not timed)
     plain_generate = super(SpeculativeTransformersBackend, backend).generate
     plain = SimpleNamespace(model_name=backend.model_name, generate=plain_generate)
@@ -146,10 +166,6 @@ def main() -> None:
         print(f"pool top-up: {len(prompts)} {kind} prompts in {time.perf_counter() - started:.0f}s")
     print(f"pool: {len(pooled[KIND_USER])} user answers, {len(pooled[KIND_ITEM])} item answers")
 
-    prompts = {
-        KIND_USER: build_user_prompts(ds, scenario, split.as_of, user_ids=targets[KIND_USER]),
-        KIND_ITEM: build_item_prompts(ds, scenario, item_ids=targets[KIND_ITEM]),
-    }
     for kind in prompts:
         prompts[kind].sort(key=lambda p: len(backend.render(p.messages)))  # as the runner does
         pool.register(prompts[kind])

@@ -186,6 +186,7 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
             pl.col("test_logloss").mean().alias("logloss_mean"),
             pl.col("test_logloss").std().fill_null(0.0).alias("logloss_std"),
             pl.col("seed").n_unique().alias("n_seeds"),
+            pl.col("seconds_per_epoch").mean().alias("seconds_per_epoch"),
         )
         .sort(pl.col("backbone") != BASELINE, "backbone", "knowledge", maintain_order=True)
     )
@@ -210,7 +211,7 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
 def _markdown_table(summary: pl.DataFrame) -> str:
     head = (
         "| backbone | knowledge | AUC mean ± std | LogLoss mean ± std | n seeds "
-        "| rel. AUC gain | AUC − baseline |\n|---|---|---|---|---|---|---|"
+        "| rel. AUC gain | AUC − baseline | train s/epoch |\n|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in summary.iter_rows(named=True):
@@ -219,7 +220,7 @@ def _markdown_table(summary: pl.DataFrame) -> str:
             f"| {r['backbone']} | {'yes' if r['knowledge'] else 'no'} "
             f"| {r['auc_mean']:.4f} ± {r['auc_std']:.4f} "
             f"| {r['logloss_mean']:.4f} ± {r['logloss_std']:.4f} | {r['n_seeds']} "
-            f"| {gain} | {r['auc_vs_baseline']:+.4f} |"
+            f"| {gain} | {r['auc_vs_baseline']:+.4f} | {r['seconds_per_epoch']:.2f} |"
         )
     return "\n".join(lines)
 
