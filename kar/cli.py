@@ -87,11 +87,34 @@ def init(
 def generate(
     project: Path = ProjectDir,
     limit: int = typer.Option(None, help="At most this many prompts per kind (for a trial)."),
+    backend: str = typer.Option(
+        None, help="For this run: transformers | vllm | openai (default: kar.yaml's)."
+    ),
+    speculative: str = typer.Option(
+        None, help="For this run (transformers): off | exact | relaxed (default: kar.yaml's)."
+    ),
 ) -> None:
     """Ask the LLM the user-preference and item-fact questions (resumable)."""
     from kar.pipeline import run_generate
 
-    reports = _on_project(run_generate, project, limit=limit)
+    def with_overrides(proj, **kwargs):
+        gen = proj.settings.generation.model_dump()
+        if backend is not None:
+            gen["backend"] = backend
+        if speculative is not None:
+            gen["speculative"]["mode"] = speculative
+        try:
+            settings = proj.settings.model_validate(
+                {**proj.settings.model_dump(), "generation": gen}
+            )
+        except ValueError as exc:
+            from kar.errors import ConfigError
+
+            raise ConfigError(f"--backend/--speculative: {exc}") from exc
+        proj.settings = settings
+        return run_generate(proj, **kwargs)
+
+    reports = _on_project(with_overrides, project, limit=limit)
     for kind, report in reports.items():
         console.print(f"{kind}: {report.summary()}")
 

@@ -46,3 +46,14 @@ def test_encode_before_generate_says_what_to_run(tmp_path) -> None:
     runner.invoke(app, ["init", str(target), "--users", "5"])
     result = runner.invoke(app, ["encode", "-p", str(target)])
     assert result.exit_code == 1 and "kar generate" in result.output
+
+
+def test_generate_backend_override_is_checked(tmp_path) -> None:
+    target = tmp_path / "proj"
+    runner.invoke(app, ["init", str(target), "--users", "5"])
+    bad = runner.invoke(app, ["generate", "-p", str(target), "--backend", "tgi"])
+    assert bad.exit_code == 1 and "backend" in bad.output
+    keyless = runner.invoke(app, ["generate", "-p", str(target), "--backend", "openai"])
+    assert keyless.exit_code == 1 and "generation.openai.model" in keyless.output
+    # the override is for this run only: kar.yaml still names the default backend
+    assert "backend: transformers" in (target / "kar.yaml").read_text()
