@@ -58,7 +58,7 @@ class FiBiNetConfig(ModelConfig):
 
 
 class DIENConfig(ModelConfig):
-    """DIEN: a GRU interest extractor and an attention-updated GRU (AUGRU) interest evolver."""
+    """DIEN: a GRU interest extractor (with the auxiliary next-click loss) and an AUGRU evolver."""
 
     gru_hidden: int | None = Field(None, ge=1)  # None: embedding_dim
     attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
