@@ -67,6 +67,12 @@ def main() -> None:
         action="store_true",
         help="choose each backbone's config from a small grid on validation AUC (first seed)",
     )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="only the evaluation of --backbones (finished runs are logged and skipped, so "
+        "several processes can share the backbones; a last full run writes the report)",
+    )
     args = parser.parse_args()
 
     from kar.features import init_feature_repo
@@ -112,6 +118,10 @@ def main() -> None:
     project.save()
 
     started = time.perf_counter()
+    if args.evaluate_only:
+        summary, md, _ = run_evaluate(project)
+        print(md.read_text())
+        return
     reports = run_generate(project)
     if args.generate_only:
         for kind, rep in reports.items():

@@ -370,6 +370,23 @@ def run_publish(project: Project) -> Any:
     return report
 
 
+def _encoded_fingerprint(project: Project) -> str:
+    """Names the encoded knowledge (file names and contents) and the split settings, so
+    evaluation runs logged for other vectors are not reused."""
+    import hashlib
+
+    from kar.records import stable_hash
+
+    files = sorted(project.encoded_dir.glob("*")) if project.encoded_dir.exists() else []
+    stats = [[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in files if f.is_file()]
+    settings = project.settings
+    return stable_hash(
+        [stats, settings.split.model_dump(), settings.dataset.model_dump(),
+         settings.training.history_len],
+        length=16,
+    )  # fmt: skip
+
+
 def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: bool = True):
     """Each backbone with and without knowledge, several seeds; markdown table + PNG plot.
 
@@ -388,6 +405,8 @@ def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: 
             adaptor_config=adaptor_config(project),
             progress=progress,
             tune=tr.tune,
+            runs_file=project.reports_dir / "evaluate_runs.jsonl",
+            fingerprint=_encoded_fingerprint(project),
         )
         md, png = write_report(
             results,

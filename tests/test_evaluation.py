@@ -96,3 +96,33 @@ def test_compare_summarize_and_report(features, tmp_path):
     assert "kar eval --demo" in text and "| deepfm | yes |" in text and "baseline_lr" in text
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "report" / "results.csv").is_file()
+
+
+def test_finished_runs_are_logged_and_skipped_on_a_rerun(features, tmp_path, monkeypatch):
+    runs = tmp_path / "runs.jsonl"
+    config = {"max_epochs": 1, "batch_size": 256, "embedding_dim": 8}
+    first = compare(features, ("deepfm",), (0,), model_config=config, progress=False,
+                    runs_file=runs, fingerprint="vectors-a")  # fmt: skip
+    assert len(runs.read_text().splitlines()) == 2  # without and with knowledge
+    with runs.open("a") as fh:
+        fh.write('{"backbone": "deepfm", "knowl')  # a line cut short by a kill
+
+    import kar.models.train as train
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a logged run was trained again")
+
+    monkeypatch.setattr(train, "train_ctr", must_not_train)
+    again = compare(features, ("deepfm",), (0,), model_config=config, progress=False,
+                    runs_file=runs, fingerprint="vectors-a")  # fmt: skip
+    # the logged runs come back as they were (the baseline is refitted: its time differs)
+    assert again.drop("seconds_per_epoch").equals(first.drop("seconds_per_epoch"))
+    deepfm = pl.col("backbone") == "deepfm"
+    assert again.filter(deepfm).equals(first.filter(deepfm))
+    # other vectors (another fingerprint) or another configuration are not reused
+    with pytest.raises(AssertionError, match="trained again"):
+        compare(features, ("deepfm",), (0,), model_config=config, progress=False,
+                runs_file=runs, fingerprint="vectors-b")  # fmt: skip
+    with pytest.raises(AssertionError, match="trained again"):
+        compare(features, ("deepfm",), (0,), model_config={**config, "embedding_dim": 4},
+                progress=False, runs_file=runs, fingerprint="vectors-a")  # fmt: skip

@@ -48,6 +48,43 @@ RESULT_SCHEMA = {
 }
 
 
+class RunLog:
+    """Finished runs of :func:`compare`, one JSON line each in ``path``, so an interrupted
+    evaluation resumes where it stopped (and several processes may share the work, each
+    taking some backbones). Only lines with this ``fingerprint`` (the features, the
+    adaptor and model configuration) count; a line cut short by a kill is ignored."""
+
+    def __init__(self, path: Path | None, fingerprint: str) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+        self.rows: dict[tuple[str, bool, int], dict[str, Any]] = {}
+        if path is None or not path.exists():
+            return
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("fingerprint") == fingerprint:
+                self.rows[(row["backbone"], bool(row["knowledge"]), int(row["seed"]))] = row
+
+    def get(self, backbone: str, knowledge: bool, seed: int) -> dict[str, Any] | None:
+        row = self.rows.get((backbone, knowledge, seed))
+        return None if row is None else {k: row[k] for k in RESULT_SCHEMA}
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({**row, "fingerprint": self.fingerprint}) + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:  # one short append: atomic
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def _config_text(point: Mapping[str, Any]) -> str:
     return json.dumps(dict(point), sort_keys=True)
 
@@ -102,19 +139,32 @@ def compare(
     progress: bool = True,
     tune: bool = False,
     grid: Sequence[Mapping[str, Any]] | None = None,
+    runs_file: Path | None = None,
+    fingerprint: str = "",
 ) -> pl.DataFrame:
     """Train every backbone without and with knowledge for every seed, plus the baseline.
 
     ``tune``: choose each (backbone, knowledge) configuration from ``grid`` (default
     :data:`TUNING_GRID`, overriding ``model_config``) on validation AUC at the first seed,
-    then run every seed with it (see :func:`choose_config`).
+    then run every seed with it (see :func:`choose_config`). ``runs_file``: a
+    :class:`RunLog` of finished runs, skipped on a rerun; ``fingerprint`` names the
+    features they were trained on (the configuration is added to it here).
     """
     from kar.models.train import train_ctr
+    from kar.records import stable_hash
 
     features = features_with_knowledge
     if not features.has_knowledge:
         raise ConfigError("compare needs features built with knowledge_users / knowledge_items")
     adaptor_config = adaptor_config or AdaptorConfig.load("hea")
+    log = RunLog(
+        runs_file,
+        stable_hash(
+            [fingerprint, tune, [dict(g) for g in grid or []], model_config or {},
+             adaptor_config.model_dump(mode="json")],
+            length=16,
+        ),
+    )  # fmt: skip
     plain = features.without_knowledge()
     base = fit_rate_baseline(features)
     rows = []
@@ -136,6 +186,12 @@ def compare(
         chosen: dict[bool, dict[str, Any]] = {}
         for seed in seeds:
             for with_knowledge in (False, True):
+                done = log.get(backbone, with_knowledge, seed)
+                if done is not None:
+                    rows.append(done)
+                    if tune and with_knowledge not in chosen:
+                        chosen[with_knowledge] = json.loads(done["config"])
+                    continue
                 feats = features if with_knowledge else plain
                 adaptor = adaptor_config if with_knowledge else None
                 if tune and with_knowledge not in chosen:
@@ -172,6 +228,7 @@ def compare(
                         "config": _config_text(point),
                     }
                 )
+                log.add(rows[-1])
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
 
 
