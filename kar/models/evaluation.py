@@ -58,17 +58,26 @@ class RunLog:
         self.path = path
         self.fingerprint = fingerprint
         self.rows: dict[tuple[str, bool, int], dict[str, Any]] = {}
-        if path is None or not path.exists():
+        self._read_size = -1
+
+    def _refresh(self) -> None:
+        """Re-read the file when it grew (another process logged runs)."""
+        if self.path is None or not self.path.exists():
             return
-        for line in path.read_text(encoding="utf-8").splitlines():
+        size = self.path.stat().st_size
+        if size == self._read_size:
+            return
+        self._read_size = size
+        for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and row.get("fingerprint") == fingerprint:
+            if isinstance(row, dict) and row.get("fingerprint") == self.fingerprint:
                 self.rows[(row["backbone"], bool(row["knowledge"]), int(row["seed"]))] = row
 
     def get(self, backbone: str, knowledge: bool, seed: int) -> dict[str, Any] | None:
+        self._refresh()
         row = self.rows.get((backbone, knowledge, seed))
         return None if row is None else {k: row[k] for k in RESULT_SCHEMA}
 
