@@ -71,7 +71,7 @@ def main() -> None:
         "--evaluate-only",
         action="store_true",
         help="only the evaluation of --backbones (finished runs are logged and skipped, so "
-        "several processes can share the backbones; a last full run writes the report)",
+        "several processes can share the backbones; with --summary it writes the report)",
     )
     args = parser.parse_args()
 
@@ -118,19 +118,22 @@ def main() -> None:
     project.save()
 
     started = time.perf_counter()
-    if args.evaluate_only:
-        summary, md, _ = run_evaluate(project)
-        print(md.read_text())
-        return
-    reports = run_generate(project)
-    if args.generate_only:
-        for kind, rep in reports.items():
-            print(f"{kind}: {rep.summary()}")
-        return
-    run_encode(project)
-    run_train(project)
-    run_publish(project)
-    summary, md, png = run_evaluate(project)
+    if args.evaluate_only:  # the other stages were run before: the report from the run log
+        reports = {}
+        summary, md, png = run_evaluate(project)
+        if not args.summary:
+            print(md.read_text())
+            return
+    else:
+        reports = run_generate(project)
+        if args.generate_only:
+            for kind, rep in reports.items():
+                print(f"{kind}: {rep.summary()}")
+            return
+        run_encode(project)
+        run_train(project)
+        run_publish(project)
+        summary, md, png = run_evaluate(project)
     total = time.perf_counter() - started
 
     timings = json.loads((project.artifacts / TIMINGS_FILE).read_text())
@@ -141,6 +144,7 @@ def main() -> None:
         f"--user-tokens {args.user_tokens} "
         f"--item-tokens {args.item_tokens} --backbones {args.backbones}"
         + (" --tune" if args.tune else "")
+        + (" --evaluate-only" if args.evaluate_only else "")
         + (" --summary" if args.summary else "")
     )
     how = (
