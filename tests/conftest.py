@@ -31,6 +31,18 @@ def ml1m_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def synthetic_features():
+    """Small synthetic CTR features with 8-dim knowledge that carries signal (built once)."""
+    from kar.models.inputs import CTRFeatures
+    from kar.models.toydata import simple_time_split, synthetic_dataset, synthetic_knowledge
+
+    ds, truth = synthetic_dataset(n_users=120, n_items=400, n_rows=4000)
+    users, items = synthetic_knowledge(ds, truth, dim=8)
+    split = simple_time_split(ds.interactions)
+    return CTRFeatures.build(ds, split, history_len=5, knowledge_users=users, knowledge_items=items)
+
+
 _EXIT_STATUS: list[int] = []
 
 

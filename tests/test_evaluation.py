@@ -12,7 +12,6 @@ from kar.data.schema import INTERACTION_SCHEMA
 from kar.models.baseline import fit_rate_baseline, rates_before
 from kar.models.evaluation import compare, summarize, write_report
 from kar.models.inputs import CTRFeatures
-from kar.models.toydata import simple_time_split, synthetic_dataset, synthetic_knowledge
 
 
 def events(rows: list[tuple[str, str, int, int]]) -> pl.DataFrame:
@@ -47,11 +46,8 @@ def test_rates_use_only_strictly_earlier_rows():
 
 
 @pytest.fixture(scope="module")
-def features() -> CTRFeatures:
-    ds, truth = synthetic_dataset(n_users=120, n_items=400, n_rows=4000)
-    users, items = synthetic_knowledge(ds, truth, dim=8)
-    split = simple_time_split(ds.interactions)
-    return CTRFeatures.build(ds, split, history_len=5, knowledge_users=users, knowledge_items=items)
+def features(synthetic_features) -> CTRFeatures:
+    return synthetic_features
 
 
 def test_baseline_is_leakage_free(features):

@@ -11,7 +11,6 @@ import pytest
 
 from kar.models.evaluation import TUNING_GRID, choose_config, compare, write_report
 from kar.models.inputs import CTRFeatures
-from kar.models.toydata import simple_time_split, synthetic_dataset, synthetic_knowledge
 from kar.models.train import train_ctr
 from kar.project import ProjectSettings
 
@@ -21,11 +20,8 @@ CONFIG = {"max_epochs": 2, "batch_size": 256, "embedding_dim": 8}
 
 
 @pytest.fixture(scope="module")
-def features() -> CTRFeatures:
-    ds, truth = synthetic_dataset(n_users=120, n_items=400, n_rows=4000)
-    users, items = synthetic_knowledge(ds, truth, dim=8)
-    split = simple_time_split(ds.interactions)
-    return CTRFeatures.build(ds, split, history_len=5, knowledge_users=users, knowledge_items=items)
+def features(synthetic_features) -> CTRFeatures:
+    return synthetic_features
 
 
 def _relabel(features: CTRFeatures, split: str, fn) -> CTRFeatures:

@@ -106,7 +106,26 @@ def read_rows(
     return reader.read(ref, ids), [0] * len(ids)
 
 
-class StoreReader:
+class _CodedReader:
+    """``read`` and ``read_rows`` over one ``_read(ref, ids, codes)`` that fetches the
+    vectors, and the codes too when asked, in a single round trip."""
+
+    def _read(
+        self, ref: FeatureRef, ids: Sequence[str], codes: bool
+    ) -> tuple[list[np.ndarray | None], list[int]]:
+        raise NotImplementedError
+
+    def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
+        return self._read(ref, ids, codes=False)[0]
+
+    def read_rows(
+        self, ref: FeatureRef, ids: Sequence[str]
+    ) -> tuple[list[np.ndarray | None], list[int]]:
+        """Vectors and codes (0 where none) in one read."""
+        return self._read(ref, ids, codes=ref.code_feature is not None)
+
+
+class StoreReader(_CodedReader):
     """Reads the online store in process through Feast's provider (no response building)."""
 
     def __init__(self, repo: Path) -> None:
@@ -124,15 +143,6 @@ class StoreReader:
                 ) from exc
         return self._views[name]
 
-    def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
-        return self._read(ref, ids, codes=False)[0]
-
-    def read_rows(
-        self, ref: FeatureRef, ids: Sequence[str]
-    ) -> tuple[list[np.ndarray | None], list[int]]:
-        """Vectors and codes (0 where none) in one online read."""
-        return self._read(ref, ids, codes=ref.code_feature is not None)
-
     def _read(
         self, ref: FeatureRef, ids: Sequence[str], codes: bool
     ) -> tuple[list[np.ndarray | None], list[int]]:
@@ -142,7 +152,7 @@ class StoreReader:
         view = self._view(ref.view)
         key = [ref.join_key]
         keys = [EntityKey(join_keys=key, entity_values=[Value(string_val=i)]) for i in ids]
-        names = [ref.feature, ref.code_feature] if codes and ref.code_feature else [ref.feature]
+        names = [ref.feature, ref.code_feature] if codes else [ref.feature]
         try:
             rows = self.store.provider.online_read(
                 config=self.store.config,
@@ -164,7 +174,7 @@ class StoreReader:
                 coded.append(0)
                 continue
             out.append(np.asarray(value.float_list_val.val, dtype=np.float32))
-            code = values.get(ref.code_feature) if codes and ref.code_feature else None
+            code = values.get(ref.code_feature) if codes else None
             has = code is not None and code.WhichOneof("val") == "int64_val"
             coded.append(code_value(code.int64_val) if has else 0)  # type: ignore[union-attr]
         return out, coded
@@ -177,21 +187,12 @@ class StoreReader:
         return f"{view.last_updated_timestamp}|{len(view.materialization_intervals)}|{view.tags}"
 
 
-class HttpReader:
+class HttpReader(_CodedReader):
     """Reads Feast's HTTP feature server (``feast serve``) at ``url``."""
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
-
-    def read(self, ref: FeatureRef, ids: Sequence[str]) -> list[np.ndarray | None]:
-        return self._read(ref, ids, codes=False)[0]
-
-    def read_rows(
-        self, ref: FeatureRef, ids: Sequence[str]
-    ) -> tuple[list[np.ndarray | None], list[int]]:
-        """Vectors and codes (0 where none) in one request."""
-        return self._read(ref, ids, codes=ref.code_feature is not None)
 
     def _read(
         self, ref: FeatureRef, ids: Sequence[str], codes: bool
