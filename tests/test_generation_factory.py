@@ -73,5 +73,5 @@ def test_speculative_backend_gets_a_pool_from_the_store(tmp_path) -> None:
     assert isinstance(backend, SpeculativeTransformersBackend)
     assert backend.config.mode == "exact" and backend.config.draft_tokens == 4
     assert backend.pool is not None and len(backend.pool) == 3
-    index, _ = backend.pool.route(new[0].messages)
+    index = backend.pool.route(new[0].messages).index
     assert index is not None and len(index) == 3

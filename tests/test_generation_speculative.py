@@ -58,12 +58,41 @@ def test_pool_routes_by_prompt_and_prefers_neighbours() -> None:
         "item", "i1", KIND_ITEM, "movies", "v1", ({"role": "user", "content": "q"},)
     )
     pool.register([prompt])
-    index, prefer = pool.route(prompt.messages)
+    route = pool.route(prompt.messages)
+    index = route.index
     assert index is pool.indexes[("movies", KIND_ITEM)]
-    assert index.draft([0, ord("a"), ord("b")], k=2, prefer=prefer) == [ord("y")]
+    assert index.draft([0, ord("a"), ord("b")], k=2, prefer=route.prefer) == [ord("y")]
     assert index.draft([0, ord("a"), ord("b")], k=2) == [ord("x"), 1]  # EOS after an ended answer
-    unknown, _ = pool.route(({"role": "user", "content": "other"},))
+    assert route.skip_doc is None  # i1 has no earlier answer
+    unknown = pool.route(({"role": "user", "content": "other"},)).index
     assert unknown is None  # two kinds indexed: an unregistered prompt gets no pool
+
+
+def test_pool_own_earlier_answer_first_unless_excluded() -> None:
+    """On a refresh the entity's own earlier answer is drafted from first, even against a
+    majority of other answers; with ``exclude_own`` it is never drafted from."""
+    prompt = PromptRecord(
+        "item", "i2", KIND_ITEM, "movies", "v1", ({"role": "user", "content": "q"},)
+    )
+    drafts = {}
+    for exclude in (False, True):
+        pool = KnowledgePool(encode=lambda text: [ord(c) for c in text], exclude_own=exclude)
+        pool.add("movies", KIND_ITEM, "i2", "abx", ended=False)  # i2's own earlier answer
+        pool.add("movies", KIND_ITEM, "i3", "aby", ended=False)
+        pool.add("movies", KIND_ITEM, "i4", "aby", ended=False)
+        pool.add("movies", KIND_ITEM, "i5", "cdz", ended=False)
+        pool.register([prompt])
+        route = pool.route(prompt.messages)
+        assert route.index is not None
+        assert route.skip_doc == (0 if exclude else None)
+        assert route.prefer == (None if exclude else {0: 0})
+        drafts[exclude] = [
+            route.index.draft([ord(a), ord(b)], k=1, prefer=route.prefer, skip_doc=route.skip_doc)
+            for a, b in ("ab", "bx")
+        ]
+    assert drafts[False] == [[ord("x")], []]  # own answer beats the two "aby"
+    assert drafts[True] == [[ord("y")], []]  # "bx" occurs only in the excluded answer
+    assert pool.indexes[("movies", KIND_ITEM)].matches([ord("b"), ord("x")], skip_doc=0) == (0, [])
 
 
 def test_own_match_and_config_validation() -> None:
@@ -75,6 +104,11 @@ def test_own_match_and_config_validation() -> None:
         SpeculativeConfig(draft_tokens=0)
     with pytest.raises(ConfigError, match="min_prob"):
         SpeculativeConfig(min_prob=2.0)
+
+
+def test_step_token_budget_shortens_then_disables_drafts() -> None:
+    cfg = SpeculativeConfig(draft_tokens=8, step_token_budget=16)
+    assert [cfg.drafts_per_row(rows) for rows in (1, 2, 4, 8, 9, 16)] == [8, 7, 3, 1, 0, 0]
 
 
 # -- real SmolLM2 ------------------------------------------------------------------------
@@ -148,6 +182,25 @@ def test_exact_mode_is_token_identical_to_greedy(spec_backend, batch_size: int) 
 
 
 @pytest.mark.slow
+def test_batch_beyond_the_budget_decodes_plainly(spec_backend) -> None:
+    """A batch the step budget leaves no draft token goes to plain ``generate``: same
+    answers, and no speculative pass is run."""
+    prompts = [item_prompt(n) for n in range(6)]
+    batch = [p.messages for p in prompts]
+    config = spec_backend.config
+    spec_backend.config = SpeculativeConfig(step_token_budget=8)  # 8 // 6 - 1 = 0 drafts
+    try:
+        passes = spec_backend.stats.forward_passes
+        outputs = spec_backend.generate(batch, SHORT)
+        assert spec_backend.stats.forward_passes == passes
+    finally:
+        spec_backend.config = config
+    assert all("spec_steps" not in o.meta for o in outputs)
+    plain = super(type(spec_backend), spec_backend).generate(batch, SHORT)
+    assert [o.text for o in outputs] == [o.text for o in plain]
+
+
+@pytest.mark.slow
 def test_relaxed_mode_runs_through_the_runner(spec_backend, tmp_path) -> None:
     from kar.generation.speculative import SpeculativeTransformersBackend
 
@@ -162,6 +215,10 @@ def test_relaxed_mode_runs_through_the_runner(spec_backend, tmp_path) -> None:
     report = generate_knowledge(prompts, relaxed, store, SHORT, batch_size=2, progress=False,
                                 truncated="accept")  # fmt: skip
     assert report.llm_calls == 4
+    # the run's report carries the backend's draft counts (per-answer meta, summed)
+    assert report.draft_steps == relaxed.stats.row_steps > 0
+    assert report.draft_accepted == relaxed.stats.accepted
+    assert "mean accepted draft" in report.summary()
     answers = store.answers(kind=KIND_ITEM)
     assert answers.height == 4 and set(answers["model"]) == {relaxed.model_name}
     assert relaxed.stats.new_tokens > 0 and relaxed.stats.forward_passes < relaxed.stats.new_tokens

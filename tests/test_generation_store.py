@@ -344,3 +344,22 @@ def test_truncation_policy_retry_and_accept(tmp_path) -> None:
         )
         row = accept_store.answers().row(0, named=True)
         assert row["answer"] == CUT and row["finish_reason"] == "length"
+
+
+def test_copy_sqlite_store_while_open(tmp_path) -> None:
+    """A copy taken while the store is open (WAL mode, uncheckpointed writes) holds every
+    answer; the source is untouched; a missing source is a clear error naming the file."""
+    from kar.generation.store import copy_sqlite_store
+
+    source = tmp_path / "knowledge.db"
+    store = KnowledgeStore(f"sqlite:///{source}")
+    generate_knowledge([prompt("i1"), prompt("i2")], FakeEchoBackend(), store, SamplingParams(),
+                       progress=False)  # fmt: skip
+    copy = copy_sqlite_store(source, tmp_path / "copies" / "pool.db")
+    copied = KnowledgeStore(f"sqlite:///{copy}")
+    assert copied.answers()["entity_id"].to_list() == ["i1", "i2"]
+    copied.close()
+    assert store.answers().height == 2
+    store.close()
+    with pytest.raises(ConfigError, match="missing.db"):
+        copy_sqlite_store(tmp_path / "missing.db", tmp_path / "x.db")

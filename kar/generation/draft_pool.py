@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from kar.errors import ConfigError
 from kar.records import PromptRecord, stable_hash
@@ -69,10 +69,13 @@ class NgramIndex:
                 if len(hits) < self.max_matches:
                     hits.append(end)
 
-    def matches(self, context: Sequence[int]) -> tuple[int, list[int]]:
-        """``(n, end positions)`` of the longest suffix of ``context`` found (n = 0: none)."""
+    def matches(self, context: Sequence[int], skip_doc: int | None = None) -> tuple[int, list[int]]:
+        """``(n, end positions)`` of the longest suffix of ``context`` found (n = 0: none),
+        ignoring positions in document ``skip_doc``."""
         for n in range(min(self.max_n, len(context)), self.min_n - 1, -1):
             hits = self._index.get(tuple(context[-n:]))
+            if hits and skip_doc is not None:
+                hits = [p for p in hits if self.doc_of[p] != skip_doc]
             if hits:
                 return n, hits
         return 0, []
@@ -84,20 +87,24 @@ class NgramIndex:
         prefer: Mapping[int, int] | None = None,
         min_support: int = 1,
         min_share: float = 0.0,
+        skip_doc: int | None = None,
     ) -> list[int]:
-        """Up to ``k`` tokens that followed the longest matching suffix of ``context``.
+        """Up to ``k`` tokens that followed the longest matching suffix of ``context``
+        (outside document ``skip_doc``).
 
-        ``prefer`` (document number -> rank) puts matches in those documents first; at
-        each step the most common next token wins, ties going to the earliest match. After
+        ``prefer`` (document number -> rank): when those documents match, the draft comes
+        from them only (the best-ranked first); otherwise from every match. At each step
+        the most common next token wins, ties going to the earliest match. After
         the first token the draft stops where fewer than ``min_support`` matches, or less
         than ``min_share`` of those still alive, agree (a weak guess costs verification).
         """
-        _, hits = self.matches(context)
+        _, hits = self.matches(context, skip_doc)
         if not hits or k <= 0:
             return []
         if prefer:
-            last = len(prefer)
-            hits = sorted(hits, key=lambda p: prefer.get(self.doc_of[p], last))
+            preferred = [p for p in hits if self.doc_of[p] in prefer]
+            if preferred:
+                hits = sorted(preferred, key=lambda p: prefer[self.doc_of[p]])
         return continue_matches(self.tokens, hits, k, min_support, min_share)
 
 
@@ -125,6 +132,14 @@ def continue_matches(
     return out
 
 
+class PoolRoute(NamedTuple):
+    """Where one conversation's drafts come from (see :meth:`KnowledgePool.route`)."""
+
+    index: NgramIndex | None
+    prefer: dict[int, int] | None = None  # document number -> rank (similar entities)
+    skip_doc: int | None = None  # the entity's own earlier answer, never drafted from
+
+
 @dataclass
 class KnowledgePool:
     """Earlier answers, tokenised, one :class:`NgramIndex` per (scenario, kind).
@@ -132,7 +147,9 @@ class KnowledgePool:
     ``prefix`` (e.g. the chat template's generation prompt tokens) is put before every
     answer so the first tokens of a new answer can be drafted too; ``eos`` is appended to
     answers that ended by themselves. ``neighbours(entity_id)`` (optional) lists entities
-    similar to a prompt's entity, most similar first: their answers are matched first.
+    similar to a prompt's entity, most similar first: when their answers match, the draft
+    comes from them. The entity's own earlier answer (a refresh) comes before them;
+    ``exclude_own``: never draft from it.
     """
 
     encode: Callable[[str], list[int]]
@@ -142,6 +159,7 @@ class KnowledgePool:
     max_n: int = 4
     max_matches: int = 64
     neighbours: Callable[[str], Sequence[str]] | None = None
+    exclude_own: bool = False
     indexes: dict[tuple[str, str], NgramIndex] = field(default_factory=dict)
     _routes: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     _doc_number: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
@@ -188,24 +206,29 @@ class KnowledgePool:
         for p in prompts:
             self._routes[p.prompt_hash] = (p.scenario, p.kind, p.entity_id)
 
-    def route(self, messages: ChatMessages) -> tuple[NgramIndex | None, dict[int, int] | None]:
-        """The index for a conversation (None when its kind has no answers) and the
-        preferred documents (similar entities) for it."""
+    def route(self, messages: ChatMessages) -> PoolRoute:
+        """Where a conversation's drafts come from: the index of its (scenario, kind) (None
+        when that kind has no answers), the preferred documents (similar entities) and the
+        document never drafted from (its own earlier answer, with ``exclude_own``)."""
         route = self._routes.get(stable_hash([dict(m) for m in messages], length=32))
         if route is None:  # unregistered prompt: the only index, if there is just one
             only = next(iter(self.indexes.values())) if len(self.indexes) == 1 else None
-            return only, None
+            return PoolRoute(only)
         scenario, kind, entity_id = route
         index = self.indexes.get((scenario, kind))
-        if index is None or self.neighbours is None:
-            return index, None
+        if index is None:
+            return PoolRoute(None)
         numbers = self._doc_number[(scenario, kind)]
+        own = numbers.get(entity_id)
+        # the entity's own earlier answer first (unless excluded), then its neighbours'
+        ranked = [] if self.exclude_own else [entity_id]
+        ranked += self.neighbours(entity_id) if self.neighbours is not None else []
         prefer: dict[int, int] = {}
-        for other in self.neighbours(entity_id):
+        for other in ranked:
             doc = numbers.get(other)
-            if doc is not None and doc not in prefer:
+            if doc is not None and doc not in prefer and not (self.exclude_own and doc == own):
                 prefer[doc] = len(prefer)
-        return index, prefer or None
+        return PoolRoute(index, prefer or None, own if self.exclude_own else None)
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indexes.values())

@@ -91,7 +91,7 @@ def make_backend(
         dtype=gen.dtype,
         threads=gen.threads,
     )
-    pool = backend.make_pool()
+    pool = backend.make_pool(exclude_own=gen.speculative.exclude_own_answer)
     if store is not None:
         scenarios = {p.scenario for p in prompts} or {None}
         plain = model_name_for(gen.model, gen.dtype)

@@ -50,13 +50,31 @@ class GenerationReport:
     completion_tokens: int = 0
     seconds: float = 0.0
     tokens_per_s: float = 0.0
+    draft_steps: int = 0  # speculative decoding: verification steps, summed over answers
+    draft_accepted: int = 0  # ... and the draft tokens they kept
+
+    @property
+    def mean_accepted_draft(self) -> float:
+        """Draft tokens kept per verification step (0 without speculative decoding)."""
+        return self.draft_accepted / self.draft_steps if self.draft_steps else 0.0
+
+    def count_drafts(self, outputs: Sequence[GenerationOutput]) -> None:
+        """Add the speculative backend's per-answer counts (``meta``), if any."""
+        for output in outputs:
+            self.draft_steps += int(output.meta.get("spec_steps", 0))
+            self.draft_accepted += int(output.meta.get("spec_accepted", 0))
 
     def summary(self) -> str:
+        drafts = (
+            f", mean accepted draft {self.mean_accepted_draft:.2f} tokens/step"
+            if self.draft_steps
+            else ""
+        )
         return (
             f"{self.total} prompts: {self.skipped_done} already answered, "
             f"{self.llm_calls} LLM calls, {self.answered_ok} ok, {self.flagged} flagged; "
             f"{self.completion_tokens} tokens in {self.seconds:.1f} s "
-            f"({self.tokens_per_s:.1f} tok/s)"
+            f"({self.tokens_per_s:.1f} tok/s){drafts}"
         )
 
 
@@ -120,6 +138,7 @@ def _answer_batch(
     outputs = _call_backend(backend, batch, params)
     state = {i: (outputs[i], params, 1) for i in range(len(batch))}  # output, params, attempts
     report.llm_calls += len(batch)
+    report.count_drafts(outputs)
 
     def settle(output: GenerationOutput) -> tuple[GenerationOutput, str | None]:
         """The answer to keep and why it is bad (None: usable), per the truncation policy."""
@@ -147,6 +166,7 @@ def _answer_batch(
         for retry, indexes in groups.items():
             retried = _call_backend(backend, [batch[i] for i in indexes], retry)
             report.llm_calls += len(indexes)
+            report.count_drafts(retried)
             for i, output in zip(indexes, retried, strict=True):
                 state[i] = (output, retry, attempt + 1)
 

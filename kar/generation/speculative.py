@@ -23,7 +23,7 @@ from typing import Literal
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
-from kar.generation.draft_pool import KnowledgePool, NgramIndex
+from kar.generation.draft_pool import KnowledgePool, PoolRoute
 from kar.generation.transformers_backend import Dtype, TransformersBackend
 from kar.records import GenerationOutput, SamplingParams
 
@@ -40,8 +40,10 @@ class SpeculativeConfig:
     min_prob: float = 0.1  # ... and have at least this probability
     prompt_lookup: bool = True  # also draft from the conversation's own prompt/answer
     # tokens (rows x (1 + draft)) one verification pass may hold: big batches get shorter
-    # drafts, since a wide pass over many rows costs more than the tokens it saves
-    step_token_budget: int = 48
+    # drafts, since a wide pass over many rows costs more than the tokens it saves; a batch
+    # the budget leaves no draft token (rows > budget / 2) is decoded plainly (like vLLM's
+    # disable_by_batch_size). 16 suits a CPU, where a 16-token pass is compute-bound
+    step_token_budget: int = 16
     min_support: int = 2  # pool drafts stop where fewer earlier answers agree ...
     min_share: float = 0.5  # ... or less than this share of the matches left agree
     min_n: int = 2  # shortest suffix (tokens) matched for a draft
@@ -60,6 +62,10 @@ class SpeculativeConfig:
             )
         if not 1 <= self.min_n <= self.max_n:
             raise ConfigError(f"need 1 <= min_n <= max_n, got {self.min_n}, {self.max_n}")
+
+    def drafts_per_row(self, rows: int) -> int:
+        """Most draft tokens per row in a batch of ``rows`` (0: the batch decodes plainly)."""
+        return min(self.draft_tokens, max(0, self.step_token_budget // rows - 1))
 
     def tag(self) -> str:
         """Suffix of ``model_name`` for relaxed mode (its output differs from greedy)."""
@@ -155,7 +161,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
     def generate(self, batch: list[ChatMessages], params: SamplingParams) -> list[GenerationOutput]:
         if not batch:
             return []
-        if not params.greedy:
+        if not params.greedy or self.config.drafts_per_row(len(batch)) == 0:
             return super().generate(batch, params)
         started = time.perf_counter()
         try:
@@ -169,20 +175,17 @@ class SpeculativeTransformersBackend(TransformersBackend):
 
     # -- decoding --------------------------------------------------------------------------
 
-    def _draft(
-        self,
-        context: list[int],
-        index: NgramIndex | None,
-        prefer: dict[int, int] | None,
-        k: int,
-    ) -> list[int]:
+    def _draft(self, context: list[int], route: PoolRoute, k: int) -> list[int]:
         cfg = self.config
-        pool_n, pool_hits = index.matches(context) if index is not None else (0, [])
+        index = route.index
+        pool_n, _ = index.matches(context, route.skip_doc) if index is not None else (0, [])
         own_n, own_end = _own_match(context, cfg.min_n, cfg.max_n) if cfg.prompt_lookup else (0, -1)
         if own_n > pool_n:
             return context[own_end + 1 : own_end + 1 + k]
         if pool_n and index is not None:
-            return index.draft(context, k, prefer, cfg.min_support, cfg.min_share)
+            return index.draft(
+                context, k, route.prefer, cfg.min_support, cfg.min_share, route.skip_doc
+            )
         return []
 
     def _speculate(
@@ -202,7 +205,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
         eos = self.eos_token_ids
         max_new = params.max_new_tokens
 
-        routes = [self.pool.route(m) if self.pool is not None else (None, None) for m in batch]
+        routes = [self.pool.route(m) if self.pool is not None else PoolRoute(None) for m in batch]
         prompt_tokens = mask.sum(dim=1).tolist()
         # what each row has seen (HF's repetition penalty counts padding tokens too)
         seen = torch.zeros(n_rows, vocab, dtype=torch.bool, device=self.device)
@@ -250,7 +253,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
                 emit(r, [first[r]])
             valid = mask.sum(dim=1)  # tokens in the cache per row that count
             full_mask = mask
-            per_row = min(cfg.draft_tokens, max(0, cfg.step_token_budget // n_rows - 1))
+            per_row = self.config.drafts_per_row(n_rows)
             while not all(done):
                 last = [g[-1] for g in generated]
                 drafts: list[list[int]] = []
@@ -259,8 +262,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
                     if done[r] or room <= 0 or per_row == 0:
                         drafts.append([])
                         continue
-                    index, prefer = routes[r]
-                    drafts.append(self._draft(contexts[r], index, prefer, min(per_row, room)))
+                    drafts.append(self._draft(contexts[r], routes[r], min(per_row, room)))
                 width = 1 + max(len(d) for d in drafts)
                 pad = self.tokenizer.pad_token_id
                 step_ids = [

@@ -48,6 +48,25 @@ def call_key(prompt: PromptRecord) -> CallKey:
     return (prompt.entity_type, prompt.entity_id, prompt.kind, prompt.prompt_hash)
 
 
+def copy_sqlite_store(source: Path, target: Path) -> Path:
+    """A consistent copy of an SQLite store file, through SQLite's backup API: the source
+    is opened read-only and may be in use by a running job. Replaces ``target``."""
+    import sqlite3
+
+    if not source.exists():
+        raise ConfigError(f"{source}: no such SQLite knowledge store")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return target
+
+
 def _utc(ts: datetime | None) -> datetime | None:
     """Aware UTC datetime; naive input is taken as UTC (kar's timestamps are UTC)."""
     if ts is None:
