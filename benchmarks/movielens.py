@@ -69,6 +69,11 @@ def main() -> None:
         help="stop after generation (the knowledge store resumes later runs)",
     )
     parser.add_argument(
+        "--kinds",
+        help="with --generate-only: only these knowledge kinds, comma-separated (e.g. "
+        "user_preference in one process and item_fact in another, once the project exists)",
+    )
+    parser.add_argument(
         "--tune",
         action="store_true",
         help="choose each backbone's config from a small grid on validation AUC (first seed)",
@@ -80,6 +85,8 @@ def main() -> None:
         "several processes can share the backbones; with --summary it writes the report)",
     )
     args = parser.parse_args()
+    if args.kinds and not args.generate_only:
+        parser.error("--kinds needs --generate-only (the later stages use every kind)")
 
     from kar.features import init_feature_repo
     from kar.models.registry import available_models
@@ -132,7 +139,8 @@ def main() -> None:
             print(md.read_text())
             return
     else:
-        reports = run_generate(project)
+        kinds = set(args.kinds.split(",")) if args.kinds else None
+        reports = run_generate(project, kinds=kinds)
         if args.generate_only:
             for kind, rep in reports.items():
                 print(f"{kind}: {rep.summary()}")

@@ -15,6 +15,10 @@ settings this script makes three projects under ``--work``:
   ``--relaxed-batch``, drafting only from OTHER entities' pool answers
   (``exclude_own_answer``).
 
+With ``--pool-is-plain`` (the pool made by ``benchmarks/movielens.py --backend transformers
+--generate-only`` at the plain batch: the very answers ``plain`` would make) ``plain`` keeps
+the pool's answers and ``pool`` is left out.
+
 ``plain`` and ``relaxed`` regenerate the ``--kinds`` answers (1 torch thread each: the two
 stages can run at the same time, after ``setup``); other kinds keep the pool's answers in
 all three. ``evaluate`` runs encode, train, publish and evaluate on each with the same
@@ -54,6 +58,12 @@ def main() -> None:
         default="user_preference,item_fact",
         help="knowledge kinds regenerated (the others keep the pool's plain answers in both)",
     )
+    parser.add_argument(
+        "--pool-is-plain",
+        action="store_true",
+        help="the pool holds the transformers backend's plain answers at --plain-batch: "
+        "plain takes them as they are, and the pool project is left out",
+    )
     parser.add_argument("--backbones", default="deepfm,din")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--plain-batch", type=int, default=32)
@@ -72,7 +82,8 @@ def main() -> None:
     from kar.generation.factory import backend_model_name
     from kar.pipeline import answer_prompts, build_prompts, load_data
 
-    projects = {name: make_project(args, name) for name in ("pool", "plain", "relaxed")}
+    names = ("plain", "relaxed") if args.pool_is_plain else ("pool", "plain", "relaxed")
+    projects = {name: make_project(args, name) for name in names}
     print(
         f"machine: {platform.node()} ({os.cpu_count()} cores, {platform.machine()}); "
         + "; ".join(
@@ -109,7 +120,8 @@ def make_project(args: argparse.Namespace, name: str):  # noqa: ANN201 (kar.proj
         root.mkdir(parents=True, exist_ok=True)
         source = Path(pool.knowledge_store_url.removeprefix("sqlite:///"))
         target = copy_sqlite_store(source, root / source.relative_to(pool.root))
-        if name == "plain":  # the regenerated kinds start empty; the others stay the pool's
+        if name == "plain" and not args.pool_is_plain:
+            # the regenerated kinds start empty; the others stay the pool's
             with sqlite3.connect(target) as conn:
                 kinds = args.kinds.split(",")
                 marks = ",".join("?" * len(kinds))
@@ -149,7 +161,7 @@ def evaluate(projects: dict) -> None:
         texts[name] = {
             (row["kind"], row["entity_id"]): row["answer"] for row in answers.iter_rows(named=True)
         }
-    for other in ("relaxed", "pool"):
+    for other in [name for name in ("relaxed", "pool") if name in texts]:
         for kind in sorted({k for k, _ in texts["plain"]}):
             keys = [key for key in texts["plain"] if key[0] == kind and key in texts[other]]
             same = sum(texts["plain"][key] == texts[other][key] for key in keys)
@@ -171,21 +183,27 @@ def evaluate(projects: dict) -> None:
         row = frame.filter((frame["knowledge"] == knowledge) & (frame["backbone"] == backbone))
         return float(row["auc_mean"][0]), float(row["auc_std"][0])
 
-    print(
-        "| backbone | AUC without knowledge | plain knowledge (transformers) | relaxed | "
-        "relaxed - plain | pool's plain (other engine) | pool - plain |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    with_pool = "pool" in summaries
+    header = "| backbone | AUC without knowledge | plain knowledge | relaxed | relaxed - plain |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if with_pool:
+        header += " pool's plain (other engine) | pool - plain |"
+        rule += " --- | --- |"
+    print(header)
+    print(rule)
     changes = []
     plain = summaries["plain"]
     for backbone in plain.filter(plain["knowledge"])["backbone"].to_list():
-        (p, p_sd), (r, r_sd), (o, o_sd) = (auc(n, backbone) for n in ("plain", "relaxed", "pool"))
+        (p, p_sd), (r, r_sd) = (auc(n, backbone) for n in ("plain", "relaxed"))
         changes.append(r - p)
-        print(
+        line = (
             f"| {backbone} | {auc('plain', backbone, knowledge=False)[0]:.4f} | "
-            f"{p:.4f} ± {p_sd:.4f} | {r:.4f} ± {r_sd:.4f} | {r - p:+.4f} | "
-            f"{o:.4f} ± {o_sd:.4f} | {o - p:+.4f} |"
+            f"{p:.4f} ± {p_sd:.4f} | {r:.4f} ± {r_sd:.4f} | {r - p:+.4f} |"
         )
+        if with_pool:
+            o, o_sd = auc("pool", backbone)
+            line += f" {o:.4f} ± {o_sd:.4f} | {o - p:+.4f} |"
+        print(line)
     print(f"mean_auc_change: {sum(changes) / len(changes):+.4f}")
     print(f"relaxed_auc_change: {max(changes, key=abs):+.4f}")
 

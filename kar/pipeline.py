@@ -180,15 +180,25 @@ def answer_prompts(
 
 
 def run_generate(
-    project: Project, *, limit: int | None = None, progress: bool = True
+    project: Project,
+    *,
+    limit: int | None = None,
+    kinds: set[str] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Every user-preference and item-fact prompt of the project (at most ``limit`` per kind)."""
+    """Every user-preference and item-fact prompt of the project (at most ``limit`` per kind).
+
+    ``kinds`` keeps only those knowledge kinds (two processes can then share the kinds of
+    one project: the store takes concurrent writers).
+    """
     with timed_stage(project, "generate"):
         dataset, split = load_data(project)
         prompts = build_prompts(project, dataset, split)
         from kar.collective.project import apply_modes
 
         prompts = apply_modes(project, dataset, split, prompts)  # collective knowledge, if set
+        if kinds is not None:
+            prompts = [p for p in prompts if p.kind in kinds]
         if limit is not None:
             kinds = {p.kind for p in prompts}
             prompts = [p for kind in kinds for p in [q for q in prompts if q.kind == kind][:limit]]

@@ -43,6 +43,8 @@ def test_generate_answers_each_prompt_once_and_resumes(project, generated) -> No
     assert set(answers["model"]) == {"smollm2-135m-instruct@bfloat16"}
     rerun = run_generate(project, limit=6, progress=False)
     assert [r.llm_calls for r in rerun.values()] == [0, 0]
+    items_only = run_generate(project, limit=6, kinds={"item_fact"}, progress=False)
+    assert list(items_only) == ["item_fact"] and items_only["item_fact"].total == 6
 
 
 @pytest.fixture(scope="module")
