@@ -200,8 +200,8 @@ def run_generate(
         if kinds is not None:
             prompts = [p for p in prompts if p.kind in kinds]
         if limit is not None:
-            kinds = {p.kind for p in prompts}
-            prompts = [p for kind in kinds for p in [q for q in prompts if q.kind == kind][:limit]]
+            present = {p.kind for p in prompts}
+            prompts = [p for k in present for p in [q for q in prompts if q.kind == k][:limit]]
         return answer_prompts(project, prompts, progress=progress)
 
 
