@@ -2,6 +2,7 @@
 
     python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
         [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
+        [--min-first-support 1,2] [--neighbours none,text]
 
 Builds ``--prompts`` user-preference and ``--prompts`` item-fact prompts (kar.prompts on
 kar.data's MovieLens-100K), and a pool of earlier answers for OTHER users and items: read
@@ -9,7 +10,9 @@ from ``--pool-db`` (a knowledge store, opened through an SQLite backup copy, nev
 written), topped up to ``--pool-min`` answers per kind by plain greedy generation for
 other entities (not timed). Then, in one process on one loaded model, at each batch size:
 plain greedy (``TransformersBackend.generate``), exact and relaxed speculative decoding on
-the same prompts (at batch > 1 once per ``--step-token-budget``). Then the refresh rows:
+the same prompts (at batch > 1 once per ``--step-token-budget``; at batch 1 once per
+``--min-first-support``, and once more per extra ``--neighbours`` source: ``text`` weighs
+the answers of the TF-IDF nearest entities by prompt context). Then the refresh rows:
 batch 1, user prompts, with each target user's previous answer (made before their last
 ``--refresh-new`` rated films) added to the pool. Prints tokens/s, forward passes, mean
 accepted draft length and how many outputs equal plain greedy; last, for batch 1,
@@ -77,6 +80,18 @@ def main() -> None:
         help="refresh rows (batch 1, users): each target user's previous answer, made before "
         "their last N rated films, joins the pool (0: skip)",
     )
+    parser.add_argument(
+        "--min-first-support",
+        default="1",
+        help="earlier answers that must agree on a draft's first token; comma-separated "
+        "values each run at batch 1 (the first is the headline)",
+    )
+    parser.add_argument(
+        "--neighbours",
+        default="none",
+        help="similar entities' answers weigh more: none or text; each source after the "
+        "first adds batch-1 rows (with the first --min-first-support)",
+    )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--min-prob", type=float, default=0.1)
     args = parser.parse_args()
@@ -103,8 +118,14 @@ def main() -> None:
 
     budgets = [int(b) for b in args.step_token_budget.split(",")]
 
-    def spec_config(mode: str, budget: int) -> SpeculativeConfig:
+    first_supports = [int(v) for v in args.min_first_support.split(",")]
+    sources = args.neighbours.split(",")
+    if set(sources) - {"none", "text"}:
+        parser.error(f"--neighbours: none or text, got {args.neighbours}")
+
+    def spec_config(mode: str, budget: int, first_support: int | None = None) -> SpeculativeConfig:
         return SpeculativeConfig(
+            min_first_support=first_supports[0] if first_support is None else first_support,
             mode=mode,  # type: ignore[arg-type]
             draft_tokens=args.draft_tokens,
             min_support=args.min_support,
@@ -153,7 +174,8 @@ def main() -> None:
                 continue
             pooled[kind].append(row["entity_id"])
             ended = row["finish_reason"] in ("stop", "trimmed")
-            pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended)
+            pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended,
+                     row["context_text"] or "")  # fmt: skip
         print(f"pool from {args.pool_db}: {skipped_films} answers about target films left out")
     # ... topped up by plain greedy answers for yet other entities (not timed)
     plain_generate = super(SpeculativeTransformersBackend, backend).generate
@@ -189,20 +211,36 @@ def main() -> None:
         prompts[kind].sort(key=lambda p: len(backend.render(p.messages)))  # as the runner does
         pool.register(prompts[kind])
     backend.pool = pool
+    text_neighbours = {}
+    if "text" in sources:
+        pool.use_text_neighbours([p for kind in prompts for p in prompts[kind]])
+        text_neighbours = dict(pool.neighbours_by_kind)
+
+    def use_neighbours(source: str) -> None:
+        pool.neighbours_by_kind = dict(text_neighbours) if source == "text" else {}
+
+    use_neighbours(sources[0])
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"torch {torch.__version__}, 1 thread, {args.dtype}; prompts: {args.prompts} user + "
         f"{args.prompts} item, max_new_tokens {args.max_new_tokens}, draft_tokens "
         f"{args.draft_tokens} (min_support {args.min_support}, min_share {args.min_share}, "
-        f"step_token_budget {args.step_token_budget}), "
+        f"min_first_support {args.min_first_support}, step_token_budget "
+        f"{args.step_token_budget}, neighbours {args.neighbours}), "
         f"relaxed top_k {args.top_k} min_prob {args.min_prob}"
     )
     print("command: python benchmarks/speculative.py " + " ".join(sys.argv[1:]))
 
     def run(
-        mode: str, batch_size: int, budget: int, kinds: tuple[str, ...] = (KIND_USER, KIND_ITEM)
+        mode: str,
+        batch_size: int,
+        budget: int,
+        kinds: tuple[str, ...] = (KIND_USER, KIND_ITEM),
+        first_support: int | None = None,
     ) -> tuple[float, int, list[str], SpeculativeStats, str, dict[str, float]]:
-        backend.config = spec_config("relaxed" if mode == "relaxed" else "exact", budget)
+        backend.config = spec_config(
+            "relaxed" if mode == "relaxed" else "exact", budget, first_support
+        )
         backend.stats = SpeculativeStats()
         generate = plain_generate if mode == "plain" else backend.generate
         texts, tokens, per_kind, seconds = [], 0, [], {}
@@ -268,13 +306,24 @@ def main() -> None:
             f"{base_tok / base_s:6.1f} tok/s",
             flush=True,
         )
-        # at batch 1 every budget gives the same drafts: the first only
-        for budget in budgets if batch_size > 1 else budgets[:1]:
+        # at batch 1 every budget gives the same drafts (the first only); there each
+        # min_first_support runs, then each extra neighbour source (first support)
+        if batch_size > 1:
+            variants = [(b, first_supports[0], sources[0]) for b in budgets]
+        else:
+            variants = [(budgets[0], m, sources[0]) for m in first_supports]
+            variants += [(budgets[0], first_supports[0], src) for src in sources[1:]]
+        for budget, first_support, source in variants:
             label = f"batch {batch_size}, budget {budget}"
+            if batch_size == 1 and (first_support, source) != (first_supports[0], sources[0]):
+                label += f", min_first_support {first_support}, neighbours {source}"
             per_row = spec_config("exact", budget).drafts_per_row(batch_size)
             speedups[label] = {}
+            use_neighbours(source)
             for mode in ("exact", "relaxed"):
-                secs, tok, texts, stats, by_kind, _ = run(mode, batch_size, budget)
+                secs, tok, texts, stats, by_kind, _ = run(
+                    mode, batch_size, budget, first_support=first_support
+                )
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
                 speedups[label][mode] = base_s / secs
                 if mode == "exact":
@@ -287,6 +336,7 @@ def main() -> None:
                     f"({by_kind}), identical to greedy {same}/{len(texts)}",
                     flush=True,
                 )
+        use_neighbours(sources[0])
     if args.refresh_new and plain_batch1 is not None:
         refresh(args.refresh_new, plain_batch1)
     for label, ratios in speedups.items():

@@ -59,6 +59,13 @@ class SpeculativeSettings(_Section):
     min_prob: float = Field(0.1, ge=0.0, le=1.0)  # ... with at least this probability
     step_token_budget: int = Field(16, ge=1)  # rows x (1 + draft) per pass; see speculative.py
     pool_limit: int | None = None  # most earlier answers indexed per kind (None: all)
+    # no pool draft unless this many earlier answers agree on its first token (2: fewer,
+    # surer drafts, for where verification costs much more than a step: float32 on CPUs)
+    min_first_support: int = Field(1, ge=1)
+    # similar entities' answers weigh more in a draft: "prompts" = TF-IDF neighbours of the
+    # prompts' context text (a user's rated titles, an item's title/year/genres)
+    neighbours: Literal["none", "prompts"] = "none"
+    neighbours_k: int = Field(10, ge=1)
     # never draft from the entity's own earlier answer (on a refresh it is the best draft)
     exclude_own_answer: bool = False
 

@@ -75,3 +75,44 @@ def test_speculative_backend_gets_a_pool_from_the_store(tmp_path) -> None:
     assert backend.pool is not None and len(backend.pool) == 3
     index = backend.pool.route(new[0].messages).index
     assert index is not None and len(index) == 3
+    assert backend.pool.neighbours_by_kind == {}  # neighbours: none (the default)
+
+
+def test_speculative_settings_reach_the_pool(tmp_path) -> None:
+    """``min_first_support`` reaches the drafting config; ``neighbours: prompts`` weighs the
+    answers about films whose prompts share words with the new one (the store's context
+    text and the new prompts' both count)."""
+    from kar.generation.draft_pool import KnowledgePool
+    from kar.generation.factory import _speculative_config
+    from kar.generation.speculative import SpeculativeConfig
+    from kar.records import GenerationOutput, SamplingParams
+
+    gen = settings(speculative={"mode": "exact", "min_first_support": 2, "neighbours": "prompts",
+                                "neighbours_k": 1})  # fmt: skip
+    assert _speculative_config(gen, SpeculativeConfig).min_first_support == 2
+    store = KnowledgeStore(f"sqlite:///{tmp_path / 'k.db'}")
+    params = SamplingParams(max_new_tokens=16)
+    titles = {"1": "Toy Story (1995), Animation", "2": "Heat (1995), Crime, Thriller"}
+    for entity, title in titles.items():
+        prompt = PromptRecord(
+            "item",
+            entity,
+            KIND_ITEM,
+            "movies",
+            "v1",
+            ({"role": "user", "content": title},),
+            context_text=title,
+        )
+        out = GenerationOutput(text="A film.", prompt_tokens=5, completion_tokens=3,
+                               finish_reason="stop")  # fmt: skip
+        store.write([KnowledgeStore.make_row(prompt, out, model="m", sampling_key=params.key(),
+                                             params=params)])  # fmt: skip
+    new = PromptRecord("item", "3", KIND_ITEM, "movies", "v1",
+                       ({"role": "user", "content": "Aladdin"},),
+                       context_text="Aladdin (1992), Animation, Musical")  # fmt: skip
+    pool = KnowledgePool(encode=lambda text: [ord(c) for c in text])
+    assert pool.add_store(store) == 2
+    pool.use_text_neighbours([new], k=gen.speculative.neighbours_k)
+    pool.register([new])
+    assert pool.neighbours_by_kind[KIND_ITEM]("3") == ["1"]
+    assert pool.route(new.messages).weights == {0: pool.neighbour_weight}

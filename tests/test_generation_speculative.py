@@ -37,12 +37,19 @@ def test_draft_stops_where_support_is_weak() -> None:
     assert index.draft([1, 2], k=4, min_share=0.7) == [3]  # 4 has only 2 of 3 matches
 
 
-def test_prefer_puts_similar_documents_first() -> None:
+def test_prefer_and_weights_put_similar_documents_first() -> None:
     index = NgramIndex(min_n=2, max_n=2)
-    index.add([1, 2, 3], "a")
-    index.add([1, 2, 4], "b")
-    assert index.draft([1, 2], k=1) == [3]
-    assert index.draft([1, 2], k=1, prefer={1: 0}) == [4]
+    index.add([1, 2, 3, 5], "a")
+    index.add([1, 2, 3, 6], "b")
+    index.add([1, 2, 4, 7], "c")
+    assert index.draft([1, 2], k=2) == [3, 5]  # 5 vs 6: a tie goes to the earliest match
+    assert index.draft([1, 2], k=1, prefer={2: 0}) == [4]  # only c, though outvoted
+    assert index.draft([1, 2], k=2, weights={2: 1.5}) == [3, 5]  # 2 votes beat 1.5
+    assert index.draft([1, 2], k=2, weights={2: 3.0}) == [4, 7]  # 3 votes beat 2
+    # first-token floor: 3 has two votes, 4 one
+    assert index.draft([1, 2], k=1, min_first_support=2) == [3]
+    assert index.draft([1, 2], k=1, min_first_support=3) == []
+    assert index.draft([1, 2], k=1, min_first_support=3, weights={0: 2.0}) == [3]
 
 
 def test_pool_routes_by_prompt_and_prefers_neighbours() -> None:
@@ -61,7 +68,8 @@ def test_pool_routes_by_prompt_and_prefers_neighbours() -> None:
     route = pool.route(prompt.messages)
     index = route.index
     assert index is pool.indexes[("movies", KIND_ITEM)]
-    assert index.draft([0, ord("a"), ord("b")], k=2, prefer=route.prefer) == [ord("y")]
+    assert route.prefer is None and route.weights == {1: 2.0}  # i3's answer: 2 votes
+    assert index.draft([0, ord("a"), ord("b")], k=2, weights=route.weights) == [ord("y")]
     assert index.draft([0, ord("a"), ord("b")], k=2) == [ord("x"), 1]  # EOS after an ended answer
     assert route.skip_doc is None  # i1 has no earlier answer
     unknown = pool.route(({"role": "user", "content": "other"},)).index

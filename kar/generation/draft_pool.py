@@ -13,7 +13,6 @@ the prompt hash of registered :class:`~kar.records.PromptRecord`\\ s.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -88,15 +87,20 @@ class NgramIndex:
         min_support: int = 1,
         min_share: float = 0.0,
         skip_doc: int | None = None,
+        weights: Mapping[int, float] | None = None,
+        min_first_support: float = 1,
     ) -> list[int]:
         """Up to ``k`` tokens that followed the longest matching suffix of ``context``
         (outside document ``skip_doc``).
 
         ``prefer`` (document number -> rank): when those documents match, the draft comes
-        from them only (the best-ranked first); otherwise from every match. At each step
-        the most common next token wins, ties going to the earliest match. After
-        the first token the draft stops where fewer than ``min_support`` matches, or less
-        than ``min_share`` of those still alive, agree (a weak guess costs verification).
+        from them only (the best-ranked first); otherwise from every match. ``weights``
+        (document number -> vote weight, default 1): similar entities' answers count more
+        in the vote without shutting the others out. At each step the heaviest next token
+        wins, ties going to the earliest match. No draft when the first token has less
+        than ``min_first_support`` votes; after it the draft stops where fewer than
+        ``min_support`` votes, or less than ``min_share`` of the live votes, agree (a weak
+        guess costs verification).
         """
         _, hits = self.matches(context, skip_doc)
         if not hits or k <= 0:
@@ -105,30 +109,42 @@ class NgramIndex:
             preferred = [p for p in hits if self.doc_of[p] in prefer]
             if preferred:
                 hits = sorted(preferred, key=lambda p: prefer[self.doc_of[p]])
-        return continue_matches(self.tokens, hits, k, min_support, min_share)
+        weight = None
+        if weights:
+            weight = [weights.get(self.doc_of[p], 1.0) for p in hits]
+        return continue_matches(
+            self.tokens, hits, k, min_support, min_share, weight, min_first_support
+        )
 
 
 def continue_matches(
     tokens: Sequence[int],
     ends: Sequence[int],
     k: int,
-    min_support: int = 1,
+    min_support: float = 1,
     min_share: float = 0.0,
+    weights: Sequence[float] | None = None,
+    min_first_support: float = 1,
 ) -> list[int]:
-    """Majority walk over the continuations of ``ends`` in ``tokens`` (at most ``k``);
-    see :meth:`NgramIndex.draft` for ``min_support`` and ``min_share``."""
+    """Weighted majority walk over the continuations of ``ends`` in ``tokens`` (at most
+    ``k``; ``weights``: one vote weight per end, default 1); see :meth:`NgramIndex.draft`."""
     out: list[int] = []
-    alive = list(ends)
+    alive = list(zip(ends, weights if weights is not None else [1.0] * len(ends), strict=True))
     for step in range(1, k + 1):
-        nexts = [(p, tokens[p + step]) for p in alive if p + step < len(tokens)]
-        nexts = [(p, t) for p, t in nexts if t != SEP]
+        nexts = [(p, w, tokens[p + step]) for p, w in alive if p + step < len(tokens)]
+        nexts = [(p, w, t) for p, w, t in nexts if t != SEP]
         if not nexts:
             break
-        best, support = Counter(t for _, t in nexts).most_common(1)[0]
-        if out and (support < min_support or support < min_share * len(nexts)):
+        votes: dict[int, float] = {}
+        for _, w, t in nexts:
+            votes[t] = votes.get(t, 0.0) + w
+        best = max(votes, key=votes.__getitem__)  # first-seen wins a tie: earliest match
+        support, total = votes[best], sum(votes.values())
+        floor = min_first_support if not out else min_support
+        if support < floor or (out and support < min_share * total):
             break
         out.append(best)
-        alive = [p for p, t in nexts if t == best]
+        alive = [(p, w) for p, w, t in nexts if t == best]
     return out
 
 
@@ -138,6 +154,7 @@ class PoolRoute(NamedTuple):
     index: NgramIndex | None
     prefer: dict[int, int] | None = None  # document number -> rank (similar entities)
     skip_doc: int | None = None  # the entity's own earlier answer, never drafted from
+    weights: dict[int, float] | None = None  # document number -> vote weight (neighbours)
 
 
 @dataclass
@@ -146,10 +163,13 @@ class KnowledgePool:
 
     ``prefix`` (e.g. the chat template's generation prompt tokens) is put before every
     answer so the first tokens of a new answer can be drafted too; ``eos`` is appended to
-    answers that ended by themselves. ``neighbours(entity_id)`` (optional) lists entities
-    similar to a prompt's entity, most similar first: when their answers match, the draft
-    comes from them. The entity's own earlier answer (a refresh) comes before them;
-    ``exclude_own``: never draft from it.
+    answers that ended by themselves. ``neighbours(entity_id)`` (optional, e.g. a
+    :class:`~kar.generation.neighbours.Neighbours`) lists entities similar to a prompt's
+    entity: their answers count ``neighbour_weight`` votes each when a draft is chosen
+    (they outvote, but do not shut out, the rest: drafting from them alone shortened the
+    drafts); ``neighbours_by_kind`` sets one per knowledge kind instead (user and item ids
+    may collide). The entity's own earlier answer (a refresh) is drafted from first
+    whenever it matches; ``exclude_own``: never draft from it.
     """
 
     encode: Callable[[str], list[int]]
@@ -159,14 +179,28 @@ class KnowledgePool:
     max_n: int = 4
     max_matches: int = 64
     neighbours: Callable[[str], Sequence[str]] | None = None
+    neighbours_by_kind: dict[str, Callable[[str], Sequence[str]]] = field(default_factory=dict)
+    neighbour_weight: float = 2.0  # a neighbour's answer counts this many votes in a draft
+    context_texts: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> entity
     exclude_own: bool = False
     indexes: dict[tuple[str, str], NgramIndex] = field(default_factory=dict)
     _routes: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     _doc_number: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
-    def add(self, scenario: str, kind: str, entity_id: str, answer: str, ended: bool) -> None:
-        """Index one earlier answer (``ended``: the model stopped by itself)."""
+    def add(
+        self,
+        scenario: str,
+        kind: str,
+        entity_id: str,
+        answer: str,
+        ended: bool,
+        context_text: str = "",
+    ) -> None:
+        """Index one earlier answer (``ended``: the model stopped by itself; ``context_text``:
+        its prompt's, kept for :meth:`use_text_neighbours`)."""
         key = (scenario, kind)
+        if context_text:
+            self.context_texts.setdefault(kind, {})[entity_id] = context_text
         index = self.indexes.get(key)
         if index is None:
             index = NgramIndex(self.min_n, self.max_n, self.max_matches)
@@ -197,9 +231,21 @@ class KnowledgePool:
             if limit is not None and added >= limit:
                 break
             ended = row.get("finish_reason") in ("stop", "trimmed")
-            self.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended)
+            self.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended,
+                     row.get("context_text") or "")  # fmt: skip
             added += 1
         return added
+
+    def use_text_neighbours(self, prompts: Iterable[PromptRecord] = (), k: int = 10) -> None:
+        """Set each kind's neighbours to the TF-IDF nearest entities by context text, over
+        the pooled answers' prompts and ``prompts`` (the ones about to be generated)."""
+        from kar.generation.neighbours import Neighbours
+
+        texts = {kind: dict(by_entity) for kind, by_entity in self.context_texts.items()}
+        for p in prompts:
+            texts.setdefault(p.kind, {})[p.entity_id] = p.context_text
+        for kind, by_entity in texts.items():
+            self.neighbours_by_kind[kind] = Neighbours.from_texts(by_entity, k)
 
     def register(self, prompts: Iterable[PromptRecord]) -> None:
         """Remember which (scenario, kind, entity) each prompt's messages belong to."""
@@ -208,8 +254,9 @@ class KnowledgePool:
 
     def route(self, messages: ChatMessages) -> PoolRoute:
         """Where a conversation's drafts come from: the index of its (scenario, kind) (None
-        when that kind has no answers), the preferred documents (similar entities) and the
-        document never drafted from (its own earlier answer, with ``exclude_own``)."""
+        when that kind has no answers), its own earlier answer to draft from first (unless
+        ``exclude_own``: then the document never drafted from), and the vote weights of
+        its neighbours' answers."""
         route = self._routes.get(stable_hash([dict(m) for m in messages], length=32))
         if route is None:  # unregistered prompt: the only index, if there is just one
             only = next(iter(self.indexes.values())) if len(self.indexes) == 1 else None
@@ -220,15 +267,14 @@ class KnowledgePool:
             return PoolRoute(None)
         numbers = self._doc_number[(scenario, kind)]
         own = numbers.get(entity_id)
-        # the entity's own earlier answer first (unless excluded), then its neighbours'
-        ranked = [] if self.exclude_own else [entity_id]
-        ranked += self.neighbours(entity_id) if self.neighbours is not None else []
-        prefer: dict[int, int] = {}
-        for other in ranked:
+        prefer = {own: 0} if own is not None and not self.exclude_own else None
+        similar = self.neighbours_by_kind.get(kind, self.neighbours)
+        weights: dict[int, float] = {}
+        for other in similar(entity_id) if similar is not None else ():
             doc = numbers.get(other)
-            if doc is not None and doc not in prefer and not (self.exclude_own and doc == own):
-                prefer[doc] = len(prefer)
-        return PoolRoute(index, prefer or None, own if self.exclude_own else None)
+            if doc is not None and doc != own:
+                weights.setdefault(doc, self.neighbour_weight)
+        return PoolRoute(index, prefer, own if self.exclude_own else None, weights or None)
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indexes.values())

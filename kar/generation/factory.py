@@ -43,6 +43,7 @@ def _speculative_config(gen: GenerationSettings, config_type: Any) -> Any:
         top_k=spec.top_k,
         min_prob=spec.min_prob,
         step_token_budget=spec.step_token_budget,
+        min_first_support=spec.min_first_support,
     )
 
 
@@ -98,5 +99,7 @@ def make_backend(
         for scenario in scenarios:
             pool.add_store(store, scenario=scenario, model=plain, limit=gen.speculative.pool_limit)
     pool.register(prompts)
+    if gen.speculative.neighbours == "prompts":
+        pool.use_text_neighbours(prompts, k=gen.speculative.neighbours_k)
     backend.pool = pool
     return backend

@@ -46,6 +46,10 @@ class SpeculativeConfig:
     step_token_budget: int = 16
     min_support: int = 2  # pool drafts stop where fewer earlier answers agree ...
     min_share: float = 0.5  # ... or less than this share of the matches left agree
+    # no pool draft unless this many earlier answers agree on its first token: where a
+    # verification pass costs much more than a one-token step (float32 on a CPU: ~1.9x)
+    # a weak draft loses more than it saves
+    min_first_support: int = 1
     min_n: int = 2  # shortest suffix (tokens) matched for a draft
     max_n: int = 4  # longest suffix tried first
 
@@ -59,6 +63,11 @@ class SpeculativeConfig:
         if self.top_k < 1 or not 0.0 <= self.min_prob <= 1.0:
             raise ConfigError(
                 f"need top_k >= 1 and 0 <= min_prob <= 1, got {self.top_k}, {self.min_prob}"
+            )
+        if self.min_support < 1 or self.min_first_support < 1:
+            raise ConfigError(
+                f"need min_support >= 1 and min_first_support >= 1, got {self.min_support}, "
+                f"{self.min_first_support}"
             )
         if not 1 <= self.min_n <= self.max_n:
             raise ConfigError(f"need 1 <= min_n <= max_n, got {self.min_n}, {self.max_n}")
@@ -175,19 +184,6 @@ class SpeculativeTransformersBackend(TransformersBackend):
 
     # -- decoding --------------------------------------------------------------------------
 
-    def _draft(self, context: list[int], route: PoolRoute, k: int) -> list[int]:
-        cfg = self.config
-        index = route.index
-        pool_n, _ = index.matches(context, route.skip_doc) if index is not None else (0, [])
-        own_n, own_end = _own_match(context, cfg.min_n, cfg.max_n) if cfg.prompt_lookup else (0, -1)
-        if own_n > pool_n:
-            return context[own_end + 1 : own_end + 1 + k]
-        if pool_n and index is not None:
-            return index.draft(
-                context, k, route.prefer, cfg.min_support, cfg.min_share, route.skip_doc
-            )
-        return []
-
     def _speculate(
         self, batch: list[ChatMessages], params: SamplingParams
     ) -> list[GenerationOutput]:
@@ -262,7 +258,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
                     if done[r] or room <= 0 or per_row == 0:
                         drafts.append([])
                         continue
-                    drafts.append(self._draft(contexts[r], routes[r], min(per_row, room)))
+                    drafts.append(make_draft(contexts[r], routes[r], min(per_row, room), cfg))
                 width = 1 + max(len(d) for d in drafts)
                 pad = self.tokenizer.pad_token_id
                 step_ids = [
@@ -348,6 +344,32 @@ class SpeculativeTransformersBackend(TransformersBackend):
                 )
             )
         return results
+
+
+def make_draft(
+    context: list[int], route: PoolRoute, k: int, config: SpeculativeConfig
+) -> list[int]:
+    """Up to ``k`` draft tokens after ``context``: from the conversation itself (prompt
+    lookup) when its match is longer, else from the pool ``route`` points to."""
+    index = route.index
+    pool_n, _ = index.matches(context, route.skip_doc) if index is not None else (0, [])
+    own_n, own_end = (
+        _own_match(context, config.min_n, config.max_n) if config.prompt_lookup else (0, -1)
+    )
+    if own_n > pool_n:
+        return context[own_end + 1 : own_end + 1 + k]
+    if pool_n and index is not None:
+        return index.draft(
+            context,
+            k,
+            route.prefer,
+            config.min_support,
+            config.min_share,
+            route.skip_doc,
+            route.weights,
+            config.min_first_support,
+        )
+    return []
 
 
 def _own_match(context: list[int], min_n: int, max_n: int) -> tuple[int, int]:

@@ -1,0 +1,219 @@
+"""Replay exact-mode drafting over stored greedy answers: the tokenizer, no decoding.
+
+    python benchmarks/draft_replay.py --pool-db STORE [--data ML100K] [--prompts 0]
+        [--neighbours none,text,interactions] [--min-first-support 1,2] [--k 10]
+        [--measure-cost float32]
+
+Every answer of a knowledge store (``benchmarks/movielens.py --generate-only`` with a
+float32 greedy backend, so the stored answer is what exact mode must reproduce) is
+replayed as speculative decoding would make it: at each step the drafter proposes tokens
+(prompt lookup, or the pool of every OTHER entity's answer), exact mode keeps the longest
+prefix equal to the answer's next tokens, and one more token comes from the model. For
+each kind, neighbour source and ``min_first_support`` it prints the mean accepted draft
+per step, drafted tokens per step and tokens per step (the speedup were a verification
+pass as cheap as a one-token step). ``--measure-cost DTYPE`` loads the model once, times
+a one-token step and passes of 2..9 tokens over a 450-token cache, and adds the speedup
+those costs predict (a real run adds the drafting's own time). Policies compare in
+seconds instead of a model-bound benchmark's hour. Re-encoding a stored answer may split
+it into other tokens than the model made, so the figures are close to a real run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ml-100k"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--pool-db", type=Path, required=True, help="SQLite knowledge store")
+    parser.add_argument(
+        "--prompts", type=int, default=0, help="replay the first N entities per kind (0: all)"
+    )
+    parser.add_argument("--neighbours", default="none,text,interactions")
+    parser.add_argument("--min-first-support", default="1,2")
+    parser.add_argument("--k", type=int, default=10, help="neighbours per entity")
+    parser.add_argument("--neighbour-weight", type=float, default=2.0)
+    parser.add_argument("--draft-tokens", type=int, default=8)
+    parser.add_argument("--min-support", type=int, default=2)
+    parser.add_argument("--min-share", type=float, default=0.5)
+    parser.add_argument(
+        "--measure-cost", choices=["float32", "bfloat16"], help="time passes of 1..9 tokens"
+    )
+    args = parser.parse_args()
+
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from kar.data import load_movielens, make_time_split
+    from kar.generation import KnowledgeStore
+    from kar.generation.draft_pool import KnowledgePool
+    from kar.generation.model_files import bundled_model_dir
+    from kar.generation.neighbours import Neighbours
+    from kar.generation.speculative import SpeculativeConfig, make_draft
+    from kar.generation.store import copy_sqlite_store
+    from kar.prompts import Scenario, build_item_prompts, build_user_prompts
+    from kar.records import KIND_ITEM, KIND_USER
+
+    if not (args.data / "u.data").exists():
+        sys.exit(f"MovieLens-100K not found at {args.data}: pass --data")
+    if not args.pool_db.exists():
+        sys.exit(f"no knowledge store at {args.pool_db}")
+    cost = measure_cost(args.measure_cost) if args.measure_cost else None
+    ds = load_movielens(args.data, variant="ml-100k")
+    split = make_time_split(ds)
+    scenario = Scenario.load("movies")
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def render(messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    probe = [{"role": "user", "content": "x"}]
+    prefix = encode(render(probe)[len(render(probe, False)) :])  # "<|im_start|>assistant\n"
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = KnowledgeStore(f"sqlite:///{copy_sqlite_store(args.pool_db, Path(tmp) / 'p.db')}")
+        answers = store.answers(scenario=scenario.name)
+        store.close()
+    prompts = {
+        KIND_USER: {p.prompt_hash: p for p in build_user_prompts(ds, scenario, split.as_of)},
+        KIND_ITEM: {p.prompt_hash: p for p in build_item_prompts(ds, scenario)},
+    }
+    rows: dict[str, list[dict]] = {KIND_USER: [], KIND_ITEM: []}
+    for row in answers.iter_rows(named=True):  # the answers to the current prompts
+        if row["kind"] in rows and row["prompt_hash"] in prompts[row["kind"]]:
+            rows[row["kind"]].append(row)
+    # what the prompts saw: each user's ratings before their as_of
+    history = ds.interactions.join(split.as_of, on="user_id").filter(
+        pl.col("timestamp") < pl.col("as_of")
+    )
+
+    def neighbours_of(source: str, kind: str) -> Neighbours | None:
+        if source == "text":
+            return Neighbours.from_prompts(prompts[kind].values(), k=args.k)
+        if source == "interactions":
+            entity = "user" if kind == KIND_USER else "item"
+            return Neighbours.from_interactions(history, entity, k=args.k)
+        if source != "none":
+            sys.exit(f"--neighbours: unknown source {source!r} (none, text, interactions)")
+        return None
+
+    print(
+        f"store {args.pool_db}: {len(rows[KIND_USER])} user and {len(rows[KIND_ITEM])} item "
+        f"answers to the current prompts; draft_tokens {args.draft_tokens}, min_support "
+        f"{args.min_support}, min_share {args.min_share}, neighbours k {args.k} weight "
+        f"{args.neighbour_weight}"
+    )
+    if cost:
+        widths = ", ".join(f"{w}: {c:.2f}" for w, c in cost.items())
+        print(f"pass cost vs a one-token step ({args.measure_cost}, 1 thread): {widths}")
+    print("command: python benchmarks/draft_replay.py " + " ".join(sys.argv[1:]))
+    for kind in (KIND_USER, KIND_ITEM):
+        kind_rows = sorted(rows[kind], key=lambda r: int(r["entity_id"]))
+        targets = kind_rows[: args.prompts] if args.prompts else kind_rows
+        if not targets:
+            print(f"{kind}: no answers in the store, skipped")
+            continue
+        for source in args.neighbours.split(","):
+            pool = KnowledgePool(encode, prefix=prefix, eos=eos, exclude_own=True,
+                                 neighbours=neighbours_of(source, kind),
+                                 neighbour_weight=args.neighbour_weight)  # fmt: skip
+            for r in kind_rows:
+                pool.add(r["scenario"], kind, r["entity_id"], r["answer"],
+                         r["finish_reason"] in ("stop", "trimmed"))  # fmt: skip
+            pool.register(prompts[kind].values())
+            for first_support in [int(v) for v in args.min_first_support.split(",")]:
+                config = SpeculativeConfig(
+                    draft_tokens=args.draft_tokens,
+                    min_support=args.min_support,
+                    min_share=args.min_share,
+                    min_first_support=first_support,
+                )
+                started = time.perf_counter()
+                steps = accepted = drafted = made = 0
+                widths: dict[int, int] = {}
+                for r in targets:
+                    prompt = prompts[kind][r["prompt_hash"]]
+                    route = pool.route(prompt.messages)
+                    answer = encode(r["answer"])
+                    if r["finish_reason"] in ("stop", "trimmed"):
+                        answer.append(eos)
+                    # the prefill pass makes the first token
+                    context = [*encode(render(list(prompt.messages))), answer[0]]
+                    done = 1
+                    while done < len(answer):
+                        room = min(args.draft_tokens, len(answer) - done - 1)
+                        draft = make_draft(context, route, room, config)
+                        n_ok = 0
+                        while n_ok < len(draft) and draft[n_ok] == answer[done + n_ok]:
+                            n_ok += 1
+                        context.extend(answer[done : done + n_ok + 1])
+                        done += n_ok + 1
+                        steps += 1
+                        accepted += n_ok
+                        drafted += len(draft)
+                        widths[1 + len(draft)] = widths.get(1 + len(draft), 0) + 1
+                    made += len(answer) - 1
+                took = time.perf_counter() - started
+                predicted = ""
+                if cost:
+                    units = sum(n * cost[min(w, max(cost))] for w, n in widths.items())
+                    predicted = f", predicted speedup {made / units:.2f}"
+                print(
+                    f"{kind:<15} neighbours {source:<12} min_first_support {first_support}: "
+                    f"{len(targets)} answers, accepted {accepted / steps:.2f}/step, drafted "
+                    f"{drafted / steps:.2f}/step ({accepted / max(drafted, 1):.0%} kept), "
+                    f"tokens per step {made / steps:.2f}{predicted} ({took:.0f}s)",
+                    flush=True,
+                )
+
+
+def measure_cost(dtype: str, context: int = 450, repeats: int = 15) -> dict[int, float]:
+    """Median time of a pass of 1..9 tokens over a ``context``-token KV cache, relative to
+    the one-token pass (SmolLM2, 1 thread)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from kar.generation.model_files import bundled_model_dir
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(
+        bundled_model_dir(), dtype=getattr(torch, dtype)
+    ).eval()
+    prompt = torch.randint(100, 40000, (1, context))
+    times: dict[int, list[float]] = {width: [] for width in range(1, 10)}
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for _ in range(repeats):  # widths interleaved, so a busy spell hits them alike
+            for width in times:
+                step = torch.randint(100, 40000, (1, width))
+                started = time.perf_counter()
+                model(input_ids=step, past_key_values=cache, use_cache=True)
+                times[width].append(time.perf_counter() - started)
+                cache.crop(-width)
+    seconds = {width: sorted(t)[repeats // 2] for width, t in times.items()}
+    return {w: s / seconds[1] for w, s in seconds.items()}
+
+
+if __name__ == "__main__":
+    main()
