@@ -63,7 +63,11 @@ def main() -> None:
     from kar.generation.draft_pool import KnowledgePool
     from kar.generation.model_files import bundled_model_dir
     from kar.generation.neighbours import Neighbours
-    from kar.generation.speculative import SpeculativeConfig, make_draft
+    from kar.generation.speculative import (
+        SpeculativeConfig,
+        generation_prompt_tokens,
+        make_draft,
+    )
     from kar.generation.store import copy_sqlite_store
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
     from kar.records import KIND_ITEM, KIND_USER
@@ -81,14 +85,11 @@ def main() -> None:
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
 
-    def render(messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
+    def render(messages: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    probe = [{"role": "user", "content": "x"}]
-    prefix = encode(render(probe)[len(render(probe, False)) :])  # "<|im_start|>assistant\n"
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prefix = generation_prompt_tokens(tokenizer)  # "<|im_start|>assistant\n"
+    eos = tokenizer.eos_token_id
 
     with tempfile.TemporaryDirectory() as tmp:
         store = KnowledgeStore(f"sqlite:///{copy_sqlite_store(args.pool_db, Path(tmp) / 'p.db')}")

@@ -152,7 +152,7 @@ class PoolRoute(NamedTuple):
     """Where one conversation's drafts come from (see :meth:`KnowledgePool.route`)."""
 
     index: NgramIndex | None
-    prefer: dict[int, int] | None = None  # document number -> rank (similar entities)
+    prefer: dict[int, int] | None = None  # {own earlier answer's document: 0}, drafted first
     skip_doc: int | None = None  # the entity's own earlier answer, never drafted from
     weights: dict[int, float] | None = None  # document number -> vote weight (neighbours)
 

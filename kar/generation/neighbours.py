@@ -55,10 +55,7 @@ class Neighbours:
     @classmethod
     def from_prompts(cls, prompts: Iterable[PromptRecord], k: int = 10) -> Neighbours:
         """:meth:`from_texts` over the prompts' ``context_text`` (one kind per call)."""
-        texts: dict[str, str] = {}
-        for p in prompts:
-            texts[p.entity_id] = p.context_text
-        return cls.from_texts(texts, k)
+        return cls.from_texts({p.entity_id: p.context_text for p in prompts}, k)
 
     @classmethod
     def from_interactions(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
@@ -138,22 +138,10 @@ class SpeculativeTransformersBackend(TransformersBackend):
             self.model_name += self.config.tag()
         self.pool = pool
         self.stats = SpeculativeStats()
-        self.prefix_tokens = self.generation_prompt_tokens()
+        self.prefix_tokens = generation_prompt_tokens(self.tokenizer)
 
     def __repr__(self) -> str:
         return f"SpeculativeTransformersBackend({self.model_name!r}, mode={self.config.mode!r})"
-
-    def generation_prompt_tokens(self) -> list[int]:
-        """Tokens the chat template puts before an answer (e.g. ``<|im_start|>assistant\\n``)."""
-        msgs = [{"role": "user", "content": "x"}]
-        with_prompt = self.tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=True
-        )
-        without = self.tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=False
-        )
-        suffix = with_prompt[len(without) :] if with_prompt.startswith(without) else ""
-        return self.tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
 
     def make_pool(self, **kwargs: object) -> KnowledgePool:
         """An empty :class:`KnowledgePool` using this model's tokenizer, prefix and EOS."""
@@ -344,6 +332,15 @@ class SpeculativeTransformersBackend(TransformersBackend):
                 )
             )
         return results
+
+
+def generation_prompt_tokens(tokenizer: Any) -> list[int]:
+    """Tokens the chat template puts before an answer (e.g. ``<|im_start|>assistant\\n``)."""
+    msgs = [{"role": "user", "content": "x"}]
+    with_prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    suffix = with_prompt[len(without) :] if with_prompt.startswith(without) else ""
+    return tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
 
 
 def make_draft(
