@@ -230,3 +230,25 @@ def test_relaxed_mode_runs_through_the_runner(spec_backend, tmp_path) -> None:
     answers = store.answers(kind=KIND_ITEM)
     assert answers.height == 4 and set(answers["model"]) == {relaxed.model_name}
     assert relaxed.stats.new_tokens > 0 and relaxed.stats.forward_passes < relaxed.stats.new_tokens
+
+
+@pytest.mark.slow
+def test_relaxed_mode_keeps_every_token_exact_mode_keeps(spec_backend) -> None:
+    """The greedy choice passes relaxed verification however flat the distribution: with
+    ``min_prob=1`` nothing else can, so relaxed mode keeps exactly exact mode's tokens."""
+    prompts = [item_prompt(n) for n in range(4)]
+    spec_backend.pool.register(prompts)
+    batch = [p.messages for p in prompts]
+    config = spec_backend.config
+    kept = {}
+    try:
+        for mode in ("exact", "relaxed"):
+            spec_backend.config = SpeculativeConfig(mode=mode, top_k=2, min_prob=1.0)
+            accepted = spec_backend.stats.accepted
+            outputs = spec_backend.generate(batch, SHORT)
+            kept[mode] = (spec_backend.stats.accepted - accepted,
+                          [o.meta["token_ids"] for o in outputs])  # fmt: skip
+    finally:
+        spec_backend.config = config
+    assert kept["exact"][0] > 0, "no draft token was accepted: the check would be empty"
+    assert kept["relaxed"] == kept["exact"]

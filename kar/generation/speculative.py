@@ -5,11 +5,12 @@ Each step drafts up to ``draft_tokens`` tokens per conversation from earlier ans
 (prompt lookup), and the model checks the whole draft in **one** forward pass over the
 KV cache. ``mode="exact"``: a draft token is kept only while it equals the greedy choice,
 so the output is the greedy output, token for token. ``mode="relaxed"``: a draft token is
-kept when it is among the model's ``top_k`` choices with probability >= ``min_prob``
-(faster; the answer may differ, so the backend's ``model_name`` says so). Either way the
-token after the last kept draft token is the model's greedy choice, so every step makes
-at least one token. Batches work: rows accept different numbers of tokens; rejected
-draft slots stay in the cache, masked out, and the common tail is cropped.
+kept when it is the greedy choice, or among the model's ``top_k`` choices with
+probability >= ``min_prob`` (faster; the answer may differ, so the backend's
+``model_name`` says so). Either way the token after the last kept draft token is the
+model's greedy choice, so every step makes at least one token. Batches work: rows accept
+different numbers of tokens; rejected draft slots stay in the cache, masked out, and the
+common tail is cropped.
 
 Sampled requests (``temperature > 0``) fall back to plain ``generate``.
 """
@@ -36,8 +37,8 @@ class SpeculativeConfig:
 
     mode: Mode = "exact"
     draft_tokens: int = 8  # most draft tokens checked per step
-    top_k: int = 3  # relaxed: a draft token must be among the model's top_k ...
-    min_prob: float = 0.1  # ... and have at least this probability
+    top_k: int = 3  # relaxed: besides the greedy choice, a draft token among the top_k ...
+    min_prob: float = 0.1  # ... with at least this probability is kept
     prompt_lookup: bool = True  # also draft from the conversation's own prompt/answer
     # tokens (rows x (1 + draft)) one verification pass may hold: big batches get shorter
     # drafts, since a wide pass over many rows costs more than the tokens it saves; a batch
@@ -290,11 +291,13 @@ class SpeculativeTransformersBackend(TransformersBackend):
                         probs = torch.softmax(scores[:m], dim=-1)
                         top = torch.topk(probs, cfg.top_k, dim=-1)
                         draft_t = torch.tensor(draft, device=self.device).unsqueeze(1)
-                        ok = (
-                            ((top.indices == draft_t) & (top.values >= cfg.min_prob))
-                            .any(dim=-1)
-                            .tolist()
-                        )
+                        near_top = (top.indices == draft_t) & (top.values >= cfg.min_prob)
+                        # the greedy choice is always kept, however flat the distribution:
+                        # relaxed mode keeps at least what exact mode keeps
+                        ok = [
+                            near or best[j] == draft[j]
+                            for j, near in enumerate(near_top.any(dim=-1).tolist())
+                        ]
                         while n_ok < m and ok[n_ok]:
                             n_ok += 1
                     steps_rows[r] += 1
