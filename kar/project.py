@@ -55,8 +55,8 @@ class SpeculativeSettings(_Section):
 
     mode: Literal["off", "exact", "relaxed"] = "off"
     draft_tokens: int = Field(8, ge=1)
-    top_k: int = Field(3, ge=1)  # relaxed: a draft token must be in the model's top_k ...
-    min_prob: float = Field(0.1, ge=0.0, le=1.0)  # ... with at least this probability
+    top_k: int = Field(3, ge=1)  # relaxed: besides the greedy choice, a draft token in the
+    min_prob: float = Field(0.1, ge=0.0, le=1.0)  # model's top_k with this probability is kept
     step_token_budget: int = Field(16, ge=1)  # rows x (1 + draft) per pass; see speculative.py
     pool_limit: int | None = None  # most earlier answers indexed per kind (None: all)
     # no pool draft unless this many earlier answers agree on its first token (2: fewer,
