@@ -3,6 +3,7 @@
     python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
         [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
         [--min-first-support 1,2] [--neighbours none,text] [--relaxed 3:0.1,2:0.3]
+        [--dtype bfloat16 --reference-dtype float32]
 
 Builds ``--prompts`` user-preference and ``--prompts`` item-fact prompts (kar.prompts on
 kar.data's MovieLens-100K), and a pool of earlier answers for OTHER users and items: read
@@ -99,6 +100,12 @@ def main() -> None:
         default="3:0.1",
         help="relaxed acceptance as TOP_K:MIN_PROB, comma-separated: the first runs in every "
         "variant (speedup_relaxed), the others once more at batch 1 on the first variant",
+    )
+    parser.add_argument(
+        "--reference-dtype",
+        choices=["float32", "bfloat16"],
+        help="also time plain greedy at batch 1 on a second copy of the model in this dtype, "
+        "and print each batch-1 row's speedup against it (e.g. bf16 drafting vs fp32 plain)",
     )
     args = parser.parse_args()
     try:
@@ -279,6 +286,7 @@ def main() -> None:
         return total, tokens, texts, backend.stats, ", ".join(per_kind), seconds
 
     speedups: dict[str, dict[str, float]] = {}
+    batch1_seconds: dict[str, float] = {}  # batch-1 rows, for --reference-dtype
     relaxed_speedups: dict[str, str] = {}  # the other --relaxed settings, batch 1
     identical: dict[str, str] = {}
     plain_batch1: tuple[float, list[str]] | None = None
@@ -320,6 +328,7 @@ def main() -> None:
         base_s, base_tok, base_texts, _, _, base_kinds = run("plain", batch_size, budgets[0])
         if batch_size == 1:
             plain_batch1 = (base_kinds[KIND_USER], base_texts[: len(prompts[KIND_USER])])
+            batch1_seconds[f"plain {args.dtype}"] = base_s
         print(
             f"batch {batch_size:>2} plain  : {base_tok} tokens {base_s:7.1f}s "
             f"{base_tok / base_s:6.1f} tok/s",
@@ -345,6 +354,8 @@ def main() -> None:
                 )
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
                 speedups[label][mode] = base_s / secs
+                if batch_size == 1:
+                    batch1_seconds[f"{label} {mode}"] = secs
                 if mode == "exact":
                     identical[label] = f"{same}/{len(texts)}"
                 drafts = f"{per_row}-token drafts" if per_row else "no drafts: plain generate"
@@ -365,6 +376,7 @@ def main() -> None:
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
                 label = f"batch 1, relaxed top_k {top_k} min_prob {min_prob:g}"
                 relaxed_speedups[label] = f"{base_s / secs:.2f} (identical {same}/{len(texts)})"
+                batch1_seconds[label] = secs
                 print(
                     f"{label}: {tok} tokens {secs:7.1f}s {tok / secs:6.1f} tok/s speedup "
                     f"{base_s / secs:.2f}x, forward passes {stats.forward_passes}, mean "
@@ -379,11 +391,41 @@ def main() -> None:
             f"{label}: speedup_exact {ratios['exact']:.2f} "
             f"(identical {identical[label]}), speedup_relaxed {ratios['relaxed']:.2f}"
         )
+    if args.reference_dtype and batch1_seconds:
+        reference(args.reference_dtype, prompts, params, batch1_seconds, plain_batch1)
     for label, ratio in relaxed_speedups.items():
         print(f"{label}: speedup_relaxed {ratio}")
     first = next(iter(speedups))
     print(f"speedup_relaxed: {speedups[first]['relaxed']:.2f}")
     print(f"speedup_exact: {speedups[first]['exact']:.2f} identical_outputs: {identical[first]}")
+
+
+def reference(dtype: str, prompts: dict, params: dict, rows: dict[str, float], plain) -> None:  # noqa: ANN001
+    """Plain greedy at batch 1 on a second model in ``dtype``; each row's speedup vs it."""
+    import gc
+
+    from kar.generation.transformers_backend import TransformersBackend
+
+    model = TransformersBackend(dtype=dtype, threads=1)  # type: ignore[arg-type]
+    texts, tokens, started = [], 0, time.perf_counter()
+    for kind, kind_prompts in prompts.items():
+        for prompt in kind_prompts:
+            (out,) = model.generate([prompt.messages], params[kind])
+            texts.append(out.text)
+            tokens += out.completion_tokens
+    seconds = time.perf_counter() - started
+    users = texts[: len(prompts[next(iter(prompts))])]
+    same = sum(a == b for a, b in zip(plain[1], users, strict=True)) if plain else 0
+    print(
+        f"reference, batch 1 plain {dtype}: {tokens} tokens {seconds:7.1f}s "
+        f"{tokens / seconds:6.1f} tok/s ({same}/{len(users)} user answers equal this run's "
+        "plain ones)",
+        flush=True,
+    )
+    for label, secs in rows.items():
+        print(f"vs plain {dtype}: {label} {seconds / secs:.2f}x")
+    del model
+    gc.collect()
 
 
 def previous_as_of(interactions, as_of, users: list[str], new_films: int):  # noqa: ANN001, ANN201
