@@ -17,9 +17,10 @@ the answers of the TF-IDF nearest entities by prompt context). Then the refresh 
 batch 1, user prompts, with each target user's previous answer (made before their last
 ``--refresh-new`` rated films) added to the pool. ``--relaxed`` lists relaxed acceptance
 settings (top_k:min_prob): the first runs everywhere, the others once each at batch 1.
+``--reference-dtype`` times plain greedy on a second copy of the model in that dtype too.
 Prints tokens/s, forward passes, mean accepted draft length and how many outputs equal
-plain greedy; last, for batch 1,
-``speedup_relaxed`` then ``speedup_exact`` (the pool of other entities only).
+plain greedy; last, for batch 1, ``speedup_relaxed`` then ``speedup_exact`` (the pool of
+other entities only).
 """
 
 from __future__ import annotations
@@ -391,8 +392,8 @@ def main() -> None:
             f"{label}: speedup_exact {ratios['exact']:.2f} "
             f"(identical {identical[label]}), speedup_relaxed {ratios['relaxed']:.2f}"
         )
-    if args.reference_dtype and batch1_seconds:
-        reference(args.reference_dtype, prompts, params, batch1_seconds, plain_batch1)
+    if args.reference_dtype and plain_batch1 is not None:
+        reference(args.reference_dtype, prompts, params, batch1_seconds, plain_batch1[1])
     for label, ratio in relaxed_speedups.items():
         print(f"{label}: speedup_relaxed {ratio}")
     first = next(iter(speedups))
@@ -400,10 +401,12 @@ def main() -> None:
     print(f"speedup_exact: {speedups[first]['exact']:.2f} identical_outputs: {identical[first]}")
 
 
-def reference(dtype: str, prompts: dict, params: dict, rows: dict[str, float], plain) -> None:  # noqa: ANN001
-    """Plain greedy at batch 1 on a second model in ``dtype``; each row's speedup vs it."""
-    import gc
-
+def reference(
+    dtype: str, prompts: dict, params: dict, rows: dict[str, float], plain_users: list[str]
+) -> None:
+    """Plain greedy at batch 1 on a second model in ``dtype``; each row's speedup vs it.
+    ``prompts`` and ``params`` are keyed by kind, user prompts first; ``plain_users``: this
+    run's plain answers to the user prompts."""
     from kar.generation.transformers_backend import TransformersBackend
 
     model = TransformersBackend(dtype=dtype, threads=1)  # type: ignore[arg-type]
@@ -414,8 +417,8 @@ def reference(dtype: str, prompts: dict, params: dict, rows: dict[str, float], p
             texts.append(out.text)
             tokens += out.completion_tokens
     seconds = time.perf_counter() - started
-    users = texts[: len(prompts[next(iter(prompts))])]
-    same = sum(a == b for a, b in zip(plain[1], users, strict=True)) if plain else 0
+    users = texts[: len(plain_users)]
+    same = sum(a == b for a, b in zip(plain_users, users, strict=True))
     print(
         f"reference, batch 1 plain {dtype}: {tokens} tokens {seconds:7.1f}s "
         f"{tokens / seconds:6.1f} tok/s ({same}/{len(users)} user answers equal this run's "
@@ -424,8 +427,6 @@ def reference(dtype: str, prompts: dict, params: dict, rows: dict[str, float], p
     )
     for label, secs in rows.items():
         print(f"vs plain {dtype}: {label} {seconds / secs:.2f}x")
-    del model
-    gc.collect()
 
 
 def previous_as_of(interactions, as_of, users: list[str], new_films: int):  # noqa: ANN001, ANN201
