@@ -2,7 +2,7 @@
 
     python benchmarks/relaxed_auc.py --pool /tmp/bench/pool/ml-100k --work /tmp/bench/auc
         [--stage setup|plain|relaxed|evaluate|all] [--kinds user_preference,item_fact]
-        [--backbones deepfm,din] [--seeds 3]
+        [--backbones deepfm,din] [--seeds 3] [--shard I/N]
 
 ``--pool`` is a project whose knowledge store holds plain greedy answers of the same model
 and dtype (e.g. ``benchmarks/movielens.py --backend vllm --generate-only``). From its
@@ -24,7 +24,10 @@ stages can run at the same time, after ``setup``); other kinds keep the pool's a
 all three. ``evaluate`` runs encode, train, publish and evaluate on each with the same
 backbones and seeds, and prints per backbone the mean test AUC; last,
 ``relaxed_auc_change: X.XXXX`` (relaxed minus plain, the largest over the backbones,
-signed). Every stage resumes from what is stored.
+signed). Every stage resumes from what is stored. ``--shard I/N`` makes a generation stage
+answer only every N-th prompt from the I-th (0-based): N processes with I = 0 .. N-1, after
+``setup``, share one stage (the store takes concurrent writers; the draft pool is read
+once, from the plain answers, so it is the same in every shard).
 """
 
 from __future__ import annotations
@@ -77,6 +80,12 @@ def main() -> None:
     )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--min-prob", type=float, default=0.1)
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=(0, 1),
+        help="I/N: a generation stage answers prompts I, I+N, I+2N, ... (0-based)",
+    )
     args = parser.parse_args()
 
     from kar.generation.factory import backend_model_name
@@ -100,12 +109,25 @@ def main() -> None:
             project = projects[name]
             dataset, split = load_data(project)
             prompts = [p for p in build_prompts(project, dataset, split) if p.kind in kinds]
+            shard, shards = args.shard
+            prompts = prompts[shard::shards]
             reports = answer_prompts(project, prompts, progress=False)
             for kind, report in reports.items():
                 print(f"{name} generation, {kind}: {report.summary()}", flush=True)
             print(f"{name} generation: {time.perf_counter() - started:.0f} s", flush=True)
     if args.stage in ("all", "evaluate"):
         evaluate(projects)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` as (I, N), with 0 <= I < N."""
+    try:
+        shard, shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return shard, shards
 
 
 def make_project(args: argparse.Namespace, name: str):  # noqa: ANN201 (kar.project.Project)
@@ -143,6 +165,28 @@ def make_project(args: argparse.Namespace, name: str):  # noqa: ANN201 (kar.proj
         init_feature_repo(project.feature_repo, project=settings.features.project)
     project.save()
     return project
+
+
+def paired_differences(plain, relaxed) -> dict[str, str]:  # noqa: ANN001 (Project)
+    """Per backbone, relaxed minus plain test AUC of the same seed (with knowledge), from
+    each project's last ``results.csv``: "mean ± sd (min, max), standard error"."""
+    import polars as pl
+
+    def runs(project) -> pl.DataFrame:  # noqa: ANN001
+        frame = pl.read_csv(project.reports_dir / "results.csv")
+        return frame.filter(pl.col("knowledge")).select("backbone", "seed", "test_auc")
+
+    joined = runs(relaxed).join(runs(plain), on=["backbone", "seed"], suffix="_plain")
+    diffs = joined.with_columns(diff=pl.col("test_auc") - pl.col("test_auc_plain"))
+    out = {}
+    for (backbone,), group in diffs.group_by("backbone", maintain_order=True):
+        d = group["diff"]
+        sd = d.std() if d.len() > 1 else 0.0
+        out[backbone] = (
+            f"{d.mean():+.4f} ± {sd:.4f} ({d.min():+.4f}, {d.max():+.4f}), "
+            f"se {sd / d.len() ** 0.5:.4f}, {d.len()} seeds"
+        )
+    return out
 
 
 def evaluate(projects: dict) -> None:
@@ -183,9 +227,13 @@ def evaluate(projects: dict) -> None:
         row = frame.filter((frame["knowledge"] == knowledge) & (frame["backbone"] == backbone))
         return float(row["auc_mean"][0]), float(row["auc_std"][0])
 
+    paired = paired_differences(projects["plain"], projects["relaxed"])
     with_pool = "pool" in summaries
-    header = "| backbone | AUC without knowledge | plain knowledge | relaxed | relaxed - plain |"
-    rule = "| --- | --- | --- | --- | --- |"
+    header = (
+        "| backbone | AUC without knowledge | plain knowledge | relaxed | relaxed - plain | "
+        "paired per-seed difference: mean ± sd (min, max) |"
+    )
+    rule = "| --- | --- | --- | --- | --- | --- |"
     if with_pool:
         header += " pool's plain (other engine) | pool - plain |"
         rule += " --- | --- |"
@@ -198,7 +246,8 @@ def evaluate(projects: dict) -> None:
         changes.append(r - p)
         line = (
             f"| {backbone} | {auc('plain', backbone, knowledge=False)[0]:.4f} | "
-            f"{p:.4f} ± {p_sd:.4f} | {r:.4f} ± {r_sd:.4f} | {r - p:+.4f} |"
+            f"{p:.4f} ± {p_sd:.4f} | {r:.4f} ± {r_sd:.4f} | {r - p:+.4f} | "
+            f"{paired.get(backbone, '–')} |"
         )
         if with_pool:
             o, o_sd = auc("pool", backbone)
