@@ -231,7 +231,7 @@ def evaluate(projects: dict) -> None:
     with_pool = "pool" in summaries
     header = (
         "| backbone | AUC without knowledge | plain knowledge | relaxed | relaxed - plain | "
-        "paired per-seed difference: mean ± sd (min, max) |"
+        "paired per-seed difference: mean ± sd (min, max), standard error, seeds |"
     )
     rule = "| --- | --- | --- | --- | --- | --- |"
     if with_pool:
