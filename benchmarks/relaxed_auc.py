@@ -24,10 +24,12 @@ stages can run at the same time, after ``setup``); other kinds keep the pool's a
 all three. ``evaluate`` runs encode, train, publish and evaluate on each with the same
 backbones and seeds, and prints per backbone the mean test AUC; last,
 ``relaxed_auc_change: X.XXXX`` (relaxed minus plain, the largest over the backbones,
-signed). Every stage resumes from what is stored. ``--shard I/N`` makes a generation stage
-answer only every N-th prompt from the I-th (0-based): N processes with I = 0 .. N-1, after
-``setup``, share one stage (the store takes concurrent writers; the draft pool is read
-once, from the plain answers, so it is the same in every shard).
+signed). The runs without knowledge are trained once, in ``plain``, and reused by the
+others (they see the same data). Every stage resumes from what is stored. ``--shard I/N``
+makes a generation stage answer only every N-th prompt from the I-th (0-based): N
+processes with I = 0 .. N-1, after ``setup``, share one stage (the store takes concurrent
+writers; the draft pool is read once, from the plain answers, so it is the same in every
+shard).
 """
 
 from __future__ import annotations
@@ -189,6 +191,33 @@ def paired_differences(plain, relaxed) -> dict[str, str]:  # noqa: ANN001 (Proje
     return out
 
 
+def share_runs_without_knowledge(source, target) -> int:  # noqa: ANN001 (Project)
+    """Append ``source``'s logged runs without knowledge to ``target``'s run log, so its
+    evaluation reuses them (they train on the same data: the logs' fingerprints say so)
+    instead of training them again. Returns how many lines were appended."""
+    import json
+
+    runs = "evaluate_runs.jsonl"
+    source_log, target_log = source.reports_dir / runs, target.reports_dir / runs
+    if not source_log.exists():
+        return 0
+    have = set()
+    if target_log.exists():
+        have = set(target_log.read_text(encoding="utf-8").splitlines())
+    lines = []
+    for line in source_log.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # cut short by a kill
+        if isinstance(row, dict) and row.get("knowledge") is False and line not in have:
+            lines.append(line + "\n")
+    target_log.parent.mkdir(parents=True, exist_ok=True)
+    with target_log.open("a", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    return len(lines)
+
+
 def evaluate(projects: dict) -> None:
     """Encode, train, publish and evaluate each project; answer agreement, AUC table."""
     from kar.generation import KnowledgeStore
@@ -215,6 +244,8 @@ def evaluate(projects: dict) -> None:
     summaries = {}
     for name, project in projects.items():
         started = time.perf_counter()
+        if name != "plain":
+            share_runs_without_knowledge(projects["plain"], project)
         run_encode(project, progress=False)
         run_train(project, progress=False)
         run_publish(project)

@@ -380,21 +380,29 @@ def run_publish(project: Project) -> Any:
     return report
 
 
+def _data_fingerprint(project: Project) -> str:
+    """Names what the features without knowledge are built from (dataset, split, history
+    length), so evaluation runs logged for other data are not reused."""
+    from kar.records import stable_hash
+
+    settings = project.settings
+    return stable_hash(
+        [settings.split.model_dump(), settings.dataset.model_dump(),
+         settings.training.history_len],
+        length=16,
+    )  # fmt: skip
+
+
 def _encoded_fingerprint(project: Project) -> str:
-    """Names the encoded knowledge (file names and contents) and the split settings, so
-    evaluation runs logged for other vectors are not reused."""
+    """Names the encoded knowledge (file names and contents), so runs with knowledge logged
+    for other vectors are not reused."""
     import hashlib
 
     from kar.records import stable_hash
 
     files = sorted(project.encoded_dir.glob("*")) if project.encoded_dir.exists() else []
     stats = [[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in files if f.is_file()]
-    settings = project.settings
-    return stable_hash(
-        [stats, settings.split.model_dump(), settings.dataset.model_dump(),
-         settings.training.history_len],
-        length=16,
-    )  # fmt: skip
+    return stable_hash(stats, length=16)
 
 
 def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: bool = True):
@@ -416,7 +424,8 @@ def run_evaluate(project: Project, *, seeds: list[int] | None = None, progress: 
             progress=progress,
             tune=tr.tune,
             runs_file=project.reports_dir / "evaluate_runs.jsonl",
-            fingerprint=_encoded_fingerprint(project),
+            fingerprint=_data_fingerprint(project),
+            knowledge_fingerprint=_encoded_fingerprint(project),
         )
         md, png = write_report(
             results,

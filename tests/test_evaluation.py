@@ -122,3 +122,34 @@ def test_finished_runs_are_logged_and_skipped_on_a_rerun(features, tmp_path, mon
     with pytest.raises(AssertionError, match="trained again"):
         compare(features, ("deepfm",), (0,), model_config={**config, "embedding_dim": 4},
                 progress=False, runs_file=runs, fingerprint="vectors-a")  # fmt: skip
+
+
+def test_new_knowledge_vectors_retrain_only_the_runs_with_knowledge(
+    features, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs.jsonl"
+    config = {"max_epochs": 1, "batch_size": 256, "embedding_dim": 8}
+    common = {"model_config": config, "progress": False, "runs_file": runs}
+    first = compare(features, ("deepfm",), (0, 1), **common, fingerprint="data",
+                    knowledge_fingerprint="vectors-a")  # fmt: skip
+
+    import kar.models.train as train
+
+    real_train, trained = train.train_ctr, []
+
+    def train_with_knowledge_only(feats, backbone, model_config, adaptor, **kwargs):
+        if adaptor is None:
+            raise AssertionError("a run without knowledge was trained again")
+        trained.append(kwargs["seed"])
+        return real_train(feats, backbone, model_config, adaptor, **kwargs)
+
+    monkeypatch.setattr(train, "train_ctr", train_with_knowledge_only)
+    again = compare(features, ("deepfm",), (0, 1), **common, fingerprint="data",
+                    knowledge_fingerprint="vectors-b")  # fmt: skip
+    assert sorted(trained) == [0, 1]  # the runs with knowledge, once per seed
+    without = (pl.col("backbone") == "deepfm") & ~pl.col("knowledge")
+    assert again.filter(without).equals(first.filter(without))
+    # other data (another fingerprint) retrains the runs without knowledge too
+    with pytest.raises(AssertionError, match="without knowledge was trained again"):
+        compare(features, ("deepfm",), (0,), **common, fingerprint="other-data",
+                knowledge_fingerprint="vectors-b")  # fmt: skip

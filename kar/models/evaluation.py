@@ -51,12 +51,13 @@ RESULT_SCHEMA = {
 class RunLog:
     """Finished runs of :func:`compare`, one JSON line each in ``path``, so an interrupted
     evaluation resumes where it stopped (and several processes may share the work, each
-    taking some backbones). Only lines with this ``fingerprint`` (the features, the
-    adaptor and model configuration) count; a line cut short by a kill is ignored."""
+    taking some backbones). A run counts only when its line carries its arm's fingerprint:
+    ``fingerprints[knowledge]`` (the features that arm trains on and its configuration); a
+    line cut short by a kill is ignored."""
 
-    def __init__(self, path: Path | None, fingerprint: str) -> None:
+    def __init__(self, path: Path | None, fingerprints: Mapping[bool, str]) -> None:
         self.path = path
-        self.fingerprint = fingerprint
+        self.fingerprints = dict(fingerprints)
         self.rows: dict[tuple[str, bool, int], dict[str, Any]] = {}
         self._read_size = -1
 
@@ -73,8 +74,11 @@ class RunLog:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and row.get("fingerprint") == self.fingerprint:
-                self.rows[(row["backbone"], bool(row["knowledge"]), int(row["seed"]))] = row
+            if not isinstance(row, dict) or "knowledge" not in row:
+                continue
+            knowledge = bool(row["knowledge"])
+            if row.get("fingerprint") == self.fingerprints[knowledge]:
+                self.rows[(row["backbone"], knowledge, int(row["seed"]))] = row
 
     def get(self, backbone: str, knowledge: bool, seed: int) -> dict[str, Any] | None:
         self._refresh()
@@ -87,7 +91,8 @@ class RunLog:
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({**row, "fingerprint": self.fingerprint}) + "\n"
+        fingerprint = self.fingerprints[bool(row["knowledge"])]
+        line = json.dumps({**row, "fingerprint": fingerprint}) + "\n"
         with self.path.open("a", encoding="utf-8") as fh:  # one short append: atomic
             fh.write(line)
             fh.flush()
@@ -150,14 +155,17 @@ def compare(
     grid: Sequence[Mapping[str, Any]] | None = None,
     runs_file: Path | None = None,
     fingerprint: str = "",
+    knowledge_fingerprint: str = "",
 ) -> pl.DataFrame:
     """Train every backbone without and with knowledge for every seed, plus the baseline.
 
     ``tune``: choose each (backbone, knowledge) configuration from ``grid`` (default
     :data:`TUNING_GRID`, overriding ``model_config``) on validation AUC at the first seed,
     then run every seed with it (see :func:`choose_config`). ``runs_file``: a
-    :class:`RunLog` of finished runs, skipped on a rerun; ``fingerprint`` names the
-    features they were trained on (the configuration is added to it here).
+    :class:`RunLog` of finished runs, skipped on a rerun. ``fingerprint`` names the
+    features both arms train on (data, split, history) and ``knowledge_fingerprint`` the
+    knowledge vectors only the with-knowledge arm reads (the configuration is added to
+    both here): new vectors retrain the with-knowledge runs and reuse the others.
     """
     from kar.models.train import train_ctr
     from kar.records import stable_hash
@@ -166,14 +174,17 @@ def compare(
     if not features.has_knowledge:
         raise ConfigError("compare needs features built with knowledge_users / knowledge_items")
     adaptor_config = adaptor_config or AdaptorConfig.load("hea")
+    shared = [fingerprint, tune, [dict(g) for g in grid or []], model_config or {}]
     log = RunLog(
         runs_file,
-        stable_hash(
-            [fingerprint, tune, [dict(g) for g in grid or []], model_config or {},
-             adaptor_config.model_dump(mode="json")],
-            length=16,
-        ),
-    )  # fmt: skip
+        {
+            False: stable_hash(shared, length=16),
+            True: stable_hash(
+                [*shared, knowledge_fingerprint, adaptor_config.model_dump(mode="json")],
+                length=16,
+            ),
+        },
+    )
     plain = features.without_knowledge()
     base = fit_rate_baseline(features)
     rows = []
