@@ -8,7 +8,8 @@ prompts of the ``movies`` scenario), in one process, at one batch size, greedy:
 
 - transformers: bare ``model.generate`` on the same left-padded batches, vs kar's
   ``generate_knowledge`` with :class:`TransformersBackend` (prompt rendering, quality
-  checks, the SQLite knowledge store, lineage);
+  checks, the SQLite knowledge store, lineage); and the same backend on PyTorch's default
+  CPU kernels (``cpu_kernels=False``), which prints ``cpu_kernels_speedup``;
 - vLLM: bare ``LLM.chat`` on the same batches, vs kar's runner with :class:`VLLMBackend`;
 - vLLM with its own n-gram speculative decoding, through kar's runner (same prompts).
 
@@ -137,10 +138,13 @@ def main() -> None:
         f"transformers on {args.threads} torch thread(s), vLLM on all cores"
     )
     print("command: python benchmarks/engines.py " + " ".join(sys.argv[1:]), flush=True)
+    # the same backend on PyTorch's default CPU kernels: what kar.generation.cpu_kernels gains
+    hf_default = TransformersBackend(dtype=args.dtype, threads=args.threads, cpu_kernels=False)
     for r in range(args.rounds):
         print(f"round {r + 1}: transformers", flush=True)
         best("transformers bare", bare_transformers)
         best("transformers kar", lambda: through_kar(hf))
+        best("transformers (PyTorch default kernels) kar", lambda: through_kar(hf_default))
 
     import vllm
 
@@ -173,7 +177,8 @@ def main() -> None:
     print("\n| engine, path | tokens | best s | tok/s | vs bare |")
     print("| --- | --- | --- | --- | --- |")
     bare_of = {"transformers kar": "transformers bare", "vllm kar": "vllm bare",
-               "vllm+ngram kar": "vllm kar"}  # fmt: skip
+               "vllm+ngram kar": "vllm kar",
+               "transformers (PyTorch default kernels) kar": "transformers kar"}  # fmt: skip
     for name, (seconds, tokens) in rows.items():
         ref = rows.get(bare_of.get(name, ""))
         ratio = f"{seconds / ref[0]:.3f}x time" if ref else "-"
@@ -183,6 +188,8 @@ def main() -> None:
         return 100 * (rows[f"{name} kar"][0] / rows[f"{name} bare"][0] - 1)
 
     tps = {name: tokens / seconds for name, (seconds, tokens) in rows.items()}
+    default_kernels = rows["transformers (PyTorch default kernels) kar"][0]
+    print(f"cpu_kernels_speedup: {default_kernels / rows['transformers kar'][0]:.2f}x")
     print(
         f"overhead_transformers: {overhead('transformers'):.1f}% "
         f"overhead_vllm: {overhead('vllm'):.1f}% "

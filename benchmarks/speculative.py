@@ -3,7 +3,8 @@
     python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
         [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
         [--min-first-support 1,2] [--neighbours none,text] [--relaxed 3:0.1,2:0.3]
-        [--dtype bfloat16 --reference-dtype float32]
+        [--dtype bfloat16 --reference-dtype float32] [--cpu-kernels off]
+        [--reference-default-kernels]
 
 Builds ``--prompts`` user-preference and ``--prompts`` item-fact prompts (kar.prompts on
 kar.data's MovieLens-100K), and a pool of earlier answers for OTHER users and items: read
@@ -17,7 +18,9 @@ the answers of the TF-IDF nearest entities by prompt context). Then the refresh 
 batch 1, user prompts, with each target user's previous answer (made before their last
 ``--refresh-new`` rated films) added to the pool. ``--relaxed`` lists relaxed acceptance
 settings (top_k:min_prob): the first runs everywhere, the others once each at batch 1.
-``--reference-dtype`` times plain greedy on a second copy of the model in that dtype too.
+``--reference-dtype`` times plain greedy on a second copy of the model in that dtype too
+(with ``--reference-default-kernels``: on PyTorch's default CPU kernels, not kar's prepacked
+ones; ``--cpu-kernels off`` runs the main model on PyTorch's defaults).
 Prints tokens/s, forward passes, mean accepted draft length and how many outputs equal
 plain greedy; last, for batch 1, ``speedup_relaxed`` then ``speedup_exact`` (the pool of
 other entities only).
@@ -108,6 +111,19 @@ def main() -> None:
         help="also time plain greedy at batch 1 on a second copy of the model in this dtype, "
         "and print each batch-1 row's speedup against it (e.g. bf16 drafting vs fp32 plain)",
     )
+    parser.add_argument(
+        "--reference-default-kernels",
+        action="store_true",
+        help="the --reference-dtype model runs on PyTorch's default CPU kernels "
+        "(TransformersBackend(cpu_kernels=False)): kar's CPU kernels vs none, side by side",
+    )
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=["on", "off"],
+        default="on",
+        help="the main model's CPU kernels (kar.generation.cpu_kernels): on (default) or "
+        "PyTorch's defaults",
+    )
     args = parser.parse_args()
     try:
         relaxed_settings = [
@@ -161,7 +177,8 @@ def main() -> None:
         )
 
     backend = SpeculativeTransformersBackend(config=spec_config("exact", budgets[0]),
-                                             dtype=args.dtype)  # fmt: skip
+                                             dtype=args.dtype,
+                                             cpu_kernels=args.cpu_kernels == "on")  # fmt: skip
     pool = backend.make_pool()
     params = {
         k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens)
@@ -247,7 +264,8 @@ def main() -> None:
     use_neighbours(sources[0])
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
-        f"torch {torch.__version__}, 1 thread, {args.dtype}; prompts: {args.prompts} user + "
+        f"torch {torch.__version__}, 1 thread, {args.dtype}, CPU kernels {args.cpu_kernels}; "
+        f"prompts: {args.prompts} user + "
         f"{args.prompts} item, max_new_tokens {args.max_new_tokens}, draft_tokens "
         f"{args.draft_tokens} (min_support {args.min_support}, min_share {args.min_share}, "
         f"min_first_support {args.min_first_support}, step_token_budget "
@@ -291,6 +309,7 @@ def main() -> None:
     relaxed_speedups: dict[str, str] = {}  # the other --relaxed settings, batch 1
     identical: dict[str, str] = {}
     plain_batch1: tuple[float, list[str]] | None = None
+    plain_batch1_texts: list[str] = []
 
     def refresh(new_films: int, plain_users: tuple[float, list[str]]) -> None:
         """Batch 1, user prompts, with each user's previous answer in the pool."""
@@ -329,6 +348,7 @@ def main() -> None:
         base_s, base_tok, base_texts, _, _, base_kinds = run("plain", batch_size, budgets[0])
         if batch_size == 1:
             plain_batch1 = (base_kinds[KIND_USER], base_texts[: len(prompts[KIND_USER])])
+            plain_batch1_texts = base_texts
             batch1_seconds[f"plain {args.dtype}"] = base_s
         print(
             f"batch {batch_size:>2} plain  : {base_tok} tokens {base_s:7.1f}s "
@@ -393,7 +413,8 @@ def main() -> None:
             f"(identical {identical[label]}), speedup_relaxed {ratios['relaxed']:.2f}"
         )
     if args.reference_dtype and plain_batch1 is not None:
-        reference(args.reference_dtype, prompts, params, batch1_seconds, plain_batch1[1])
+        reference(args.reference_dtype, not args.reference_default_kernels, prompts, params,
+                  batch1_seconds, plain_batch1_texts)  # fmt: skip
     for label, ratio in relaxed_speedups.items():
         print(f"{label}: speedup_relaxed {ratio}")
     first = next(iter(speedups))
@@ -402,14 +423,20 @@ def main() -> None:
 
 
 def reference(
-    dtype: str, prompts: dict, params: dict, rows: dict[str, float], plain_users: list[str]
+    dtype: str,
+    cpu_kernels: bool,
+    prompts: dict,
+    params: dict,
+    rows: dict[str, float],
+    plain_texts: list[str],
 ) -> None:
-    """Plain greedy at batch 1 on a second model in ``dtype``; each row's speedup vs it.
-    ``prompts`` and ``params`` are keyed by kind, user prompts first; ``plain_users``: this
-    run's plain answers to the user prompts."""
+    """Plain greedy at batch 1 on a second model in ``dtype`` (on kar's CPU kernels or
+    PyTorch's); each row's speedup vs it. ``prompts`` and ``params`` are keyed by kind, in
+    the order of this run's plain batch-1 answers ``plain_texts``."""
     from kar.generation.transformers_backend import TransformersBackend
 
-    model = TransformersBackend(dtype=dtype, threads=1)  # type: ignore[arg-type]
+    model = TransformersBackend(dtype=dtype, threads=1, cpu_kernels=cpu_kernels)  # type: ignore[arg-type]
+    name = f"{dtype}{'' if cpu_kernels else ' (PyTorch default kernels)'}"
     texts, tokens, started = [], 0, time.perf_counter()
     for kind, kind_prompts in prompts.items():
         for prompt in kind_prompts:
@@ -417,16 +444,15 @@ def reference(
             texts.append(out.text)
             tokens += out.completion_tokens
     seconds = time.perf_counter() - started
-    users = texts[: len(plain_users)]
-    same = sum(a == b for a, b in zip(plain_users, users, strict=True))
+    same = sum(a == b for a, b in zip(plain_texts, texts, strict=True))
     print(
-        f"reference, batch 1 plain {dtype}: {tokens} tokens {seconds:7.1f}s "
-        f"{tokens / seconds:6.1f} tok/s ({same}/{len(users)} user answers equal this run's "
-        "plain ones)",
+        f"reference, batch 1 plain {name}: {tokens} tokens {seconds:7.1f}s "
+        f"{tokens / seconds:6.1f} tok/s ({same}/{len(texts)} answers equal this run's plain "
+        "ones)",
         flush=True,
     )
     for label, secs in rows.items():
-        print(f"vs plain {dtype}: {label} {seconds / secs:.2f}x")
+        print(f"vs plain {name}: {label} {seconds / secs:.2f}x")
 
 
 def previous_as_of(interactions, as_of, users: list[str], new_films: int):  # noqa: ANN001, ANN201

@@ -103,6 +103,9 @@ class GenerationSettings(_Section):
     max_retries: int = 1
     truncated: Literal["trim", "retry", "accept"] = "trim"  # answers that hit the token limit
     threads: int = 1
+    # transformers backend on a CPU: oneDNN-prepacked linear weights and copy-free
+    # grouped-query attention (kar.generation.cpu_kernels); false: PyTorch's defaults
+    cpu_kernels: bool = True
     collective: CollectiveSettings = Field(default_factory=CollectiveSettings)
     speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)

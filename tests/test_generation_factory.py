@@ -76,6 +76,19 @@ def test_speculative_backend_gets_a_pool_from_the_store(tmp_path) -> None:
     index = backend.pool.route(new[0].messages).index
     assert index is not None and len(index) == 3
     assert backend.pool.neighbours_by_kind == {}  # neighbours: none (the default)
+    assert backend.cpu_kernels  # on by default (kar.generation.cpu_kernels)
+
+
+def test_cpu_kernels_setting_reaches_the_backend() -> None:
+    """``generation.cpu_kernels: false`` keeps PyTorch's own linear layers."""
+    import torch
+
+    from kar.generation.transformers_backend import TransformersBackend
+
+    backend = make_backend(settings(cpu_kernels=False))
+    assert isinstance(backend, TransformersBackend) and not backend.cpu_kernels
+    assert any(isinstance(m, torch.nn.Linear) for m in backend.model.modules())
+    assert backend.model.config._attn_implementation == "sdpa"
 
 
 def test_speculative_settings_reach_the_pool(tmp_path) -> None:

@@ -83,7 +83,9 @@ def make_backend(
     if gen.speculative.mode == "off":
         from kar.generation.transformers_backend import TransformersBackend
 
-        return TransformersBackend(model=gen.model, dtype=gen.dtype, threads=gen.threads)
+        return TransformersBackend(
+            model=gen.model, dtype=gen.dtype, threads=gen.threads, cpu_kernels=gen.cpu_kernels
+        )
     from kar.generation.speculative import SpeculativeConfig, SpeculativeTransformersBackend
 
     backend = SpeculativeTransformersBackend(
@@ -91,6 +93,7 @@ def make_backend(
         model=gen.model,
         dtype=gen.dtype,
         threads=gen.threads,
+        cpu_kernels=gen.cpu_kernels,
     )
     pool = backend.make_pool(exclude_own=gen.speculative.exclude_own_answer)
     if store is not None:

@@ -130,9 +130,15 @@ class SpeculativeTransformersBackend(TransformersBackend):
         threads: int = 1,
         device: str = "cpu",
         model_name: str | None = None,
+        cpu_kernels: bool = True,
     ) -> None:
         super().__init__(
-            model=model, dtype=dtype, threads=threads, device=device, model_name=model_name
+            model=model,
+            dtype=dtype,
+            threads=threads,
+            device=device,
+            model_name=model_name,
+            cpu_kernels=cpu_kernels,
         )
         self.config = config or SpeculativeConfig()
         if self.config.mode == "relaxed":
@@ -185,7 +191,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
         ids = enc["input_ids"].to(self.device)
         mask = enc["attention_mask"].to(self.device)
         n_rows, prompt_len = ids.shape
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        vocab = self.model.get_output_embeddings().out_features
         penalty = float(params.repetition_penalty)
         eos = self.eos_token_ids
         max_new = params.max_new_tokens

@@ -1,0 +1,163 @@
+"""Faster CPU kernels for a loaded Hugging Face causal LM: prepacked linear weights and
+grouped-query attention without copying the KV cache.
+
+Both matter most for speculative decoding, whose verification pass feeds a few tokens per
+row at once. With PyTorch's default float32 kernels (MKL ``sgemm``) a pass of 2..9 tokens
+costs 1.6-1.9x a one-token step, since ``sgemm`` repacks each weight matrix on every call;
+oneDNN's linear over weights reordered once at load time (what PyTorch's own inductor does
+when it freezes a model) reads the weights once whatever the width. And transformers'
+``sdpa`` attention repeats the key/value heads (a copy of the whole cache, every layer)
+whenever a mask is passed, which a verification pass always does; PyTorch's CPU
+``scaled_dot_product_attention`` takes ``enable_gqa=True`` with a mask, so no copy is needed.
+
+The ops used (``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``) are
+PyTorch internals; :func:`packed_linear_available` checks for them, and a model is left as
+it is where they are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# rows a packed weight is laid out for: verification passes hold 2..16 tokens, and a
+# one-token step is as fast with this layout as with PyTorch's default (benchmarks/)
+PACK_ROWS_HINT = 16
+CPU_GQA_ATTENTION = "kar_cpu_gqa_sdpa"
+
+
+def packed_linear_available() -> bool:
+    """Whether this PyTorch build has oneDNN's prepacked linear ops."""
+    import torch
+
+    ops = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+def make_packed_linear(linear: Any, rows_hint: int = PACK_ROWS_HINT) -> Any:
+    """A module computing ``linear`` (an ``nn.Linear``) from a oneDNN-prepacked weight.
+
+    It keeps the original ``weight`` (shared, no copy) so code that reads its shape still
+    works; the packed copy is the extra memory (one copy of the layer's weight)."""
+    import torch
+
+    class PackedLinear(torch.nn.Module):
+        """``nn.Linear`` for inference on a CPU, over a weight reordered once by oneDNN."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_features = linear.in_features
+            self.out_features = linear.out_features
+            self.weight = linear.weight
+            self.bias = linear.bias
+            with torch.no_grad():
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                    linear.weight.detach(), rows_hint
+                )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            bias = None if self.bias is None else self.bias.detach()
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, packed"
+
+    return PackedLinear()
+
+
+def pack_linear_weights(model: Any, rows_hint: int = PACK_ROWS_HINT) -> int:
+    """Replace every ``nn.Linear`` of ``model`` (on the CPU, float32 or bfloat16) by its
+    prepacked counterpart, in place. Returns how many were replaced (0 where the ops are
+    missing). For inference only: the packed copies do not train."""
+    import torch
+
+    if not packed_linear_available():
+        log.info("oneDNN prepacked linear ops not available; model left as it is")
+        return 0
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                isinstance(child, torch.nn.Linear)
+                and child.weight.device.type == "cpu"
+                and child.weight.dtype in (torch.float32, torch.bfloat16)
+            ):
+                setattr(parent, name, make_packed_linear(child, rows_hint))
+                replaced += 1
+    return replaced
+
+
+def use_cpu_gqa_attention(model: Any) -> bool:
+    """Switch ``model`` to :func:`cpu_gqa_sdpa_attention` when it runs transformers' ``sdpa``
+    attention on grouped-query heads. Returns whether it switched."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = model.config
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if getattr(config, "_attn_implementation", None) != "sdpa" or heads == kv_heads:
+        return False
+    AttentionInterface.register(CPU_GQA_ATTENTION, cpu_gqa_sdpa_attention)
+    AttentionMaskInterface.register(CPU_GQA_ATTENTION, sdpa_mask)  # the masks sdpa gets
+    model.set_attn_implementation(CPU_GQA_ATTENTION)
+    return True
+
+
+def cpu_gqa_sdpa_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """transformers' ``sdpa`` attention, but on a CPU grouped-query heads go to
+    ``scaled_dot_product_attention(enable_gqa=True)`` also when a mask is given, instead of
+    a copy of the cache with the key/value heads repeated. Anything else (other devices,
+    a position bias, a paged cache) goes to transformers' own function."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = query.shape[2] > 1 and attention_mask is None and causal
+    if (
+        query.device.type != "cpu"
+        or groups == 1
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("cache") is not None
+        or kwargs.get("output_attentions", False)
+        or (causal and key.shape[2] != query.shape[2])  # SDPA's causal mask is top-left
+    ):
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=causal,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2).contiguous(), None
