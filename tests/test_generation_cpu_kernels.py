@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kar.generation.cpu_kernels import (  # noqa: E402
+    PackedLinear,
     cpu_gqa_sdpa_attention,
-    make_packed_linear,
     pack_linear_weights,
     packed_linear_available,
 )
@@ -28,7 +28,7 @@ needs_onednn = pytest.mark.skipif(
 def test_packed_linear_computes_the_linear_layer(dtype, rows: int) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 160).to(dtype)
-    packed = make_packed_linear(linear)
+    packed = PackedLinear(linear)
     x = torch.randn(2, rows, 96, dtype=dtype)
     with torch.inference_mode():
         expected, got = linear(x), packed(x)

@@ -2,13 +2,14 @@
 grouped-query attention without copying the KV cache.
 
 Both matter most for speculative decoding, whose verification pass feeds a few tokens per
-row at once. With PyTorch's default float32 kernels (MKL ``sgemm``) a pass of 2..9 tokens
-costs 1.6-1.9x a one-token step, since ``sgemm`` repacks each weight matrix on every call;
-oneDNN's linear over weights reordered once at load time (what PyTorch's own inductor does
-when it freezes a model) reads the weights once whatever the width. And transformers'
-``sdpa`` attention repeats the key/value heads (a copy of the whole cache, every layer)
-whenever a mask is passed, which a verification pass always does; PyTorch's CPU
-``scaled_dot_product_attention`` takes ``enable_gqa=True`` with a mask, so no copy is needed.
+row at once. With PyTorch's default float32 kernels (MKL ``sgemm``, which repacks each
+weight matrix on every call) a pass of 2..9 tokens cost 1.5-2.2x a one-token step here;
+over weights reordered once at load for oneDNN's linear (what PyTorch's own inductor does
+when it freezes a model) it costs 0.9-1.2x (``benchmarks/cpu_kernels.py``). And
+transformers' ``sdpa`` attention repeats the key/value heads (a copy of the whole cache,
+every layer) whenever a mask is passed, which a verification pass always does; PyTorch's
+CPU ``scaled_dot_product_attention`` takes ``enable_gqa=True`` with a mask, so no copy is
+needed.
 
 The ops used (``torch.ops.mkldnn._reorder_linear_weight`` / ``_linear_pointwise``) are
 PyTorch internals; :func:`packed_linear_available` checks for them, and a model is left as
@@ -20,6 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 log = logging.getLogger(__name__)
 
 # rows a packed weight is laid out for: verification passes hold 2..16 tokens, and a
@@ -30,8 +33,6 @@ CPU_GQA_ATTENTION = "kar_cpu_gqa_sdpa"
 
 def packed_linear_available() -> bool:
     """Whether this PyTorch build has oneDNN's prepacked linear ops."""
-    import torch
-
     ops = torch.ops.mkldnn
     return (
         torch.backends.mkldnn.is_available()
@@ -40,43 +41,33 @@ def packed_linear_available() -> bool:
     )
 
 
-def make_packed_linear(linear: Any, rows_hint: int = PACK_ROWS_HINT) -> Any:
-    """A module computing ``linear`` (an ``nn.Linear``) from a oneDNN-prepacked weight.
+class PackedLinear(torch.nn.Module):
+    """``nn.Linear`` for inference on a CPU, over a weight reordered once by oneDNN.
 
     It keeps the original ``weight`` (shared, no copy) so code that reads its shape still
     works; the packed copy is the extra memory (one copy of the layer's weight)."""
-    import torch
 
-    class PackedLinear(torch.nn.Module):
-        """``nn.Linear`` for inference on a CPU, over a weight reordered once by oneDNN."""
+    def __init__(self, linear: torch.nn.Linear, rows_hint: int = PACK_ROWS_HINT) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.in_features = linear.in_features
-            self.out_features = linear.out_features
-            self.weight = linear.weight
-            self.bias = linear.bias
-            with torch.no_grad():
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(
-                    linear.weight.detach(), rows_hint
-                )
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            bias = None if self.bias is None else self.bias.detach()
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
-
-        def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, packed"
-
-    return PackedLinear()
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
 def pack_linear_weights(model: Any, rows_hint: int = PACK_ROWS_HINT) -> int:
     """Replace every ``nn.Linear`` of ``model`` (on the CPU, float32 or bfloat16) by its
     prepacked counterpart, in place. Returns how many were replaced (0 where the ops are
     missing). For inference only: the packed copies do not train."""
-    import torch
-
     if not packed_linear_available():
         log.info("oneDNN prepacked linear ops not available; model left as it is")
         return 0
@@ -88,7 +79,7 @@ def pack_linear_weights(model: Any, rows_hint: int = PACK_ROWS_HINT) -> int:
                 and child.weight.device.type == "cpu"
                 and child.weight.dtype in (torch.float32, torch.bfloat16)
             ):
-                setattr(parent, name, make_packed_linear(child, rows_hint))
+                setattr(parent, name, PackedLinear(child, rows_hint))
                 replaced += 1
     return replaced
 
@@ -125,7 +116,6 @@ def cpu_gqa_sdpa_attention(
     ``scaled_dot_product_attention(enable_gqa=True)`` also when a mask is given, instead of
     a copy of the cache with the key/value heads repeated. Anything else (other devices,
     a position bias, a paged cache) goes to transformers' own function."""
-    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)

@@ -23,7 +23,7 @@ class TransformersBackend:
     folder. ``threads`` sets ``torch.set_num_threads`` (1 is fastest on small shared CPUs).
     ``cpu_kernels``: on a CPU, run the linear layers over oneDNN-prepacked weights and
     grouped-query attention without copying the cache (:mod:`kar.generation.cpu_kernels`;
-    bf16 steps ~2x faster, and wide speculative passes cost about a one-token step);
+    a bf16 step ~1.3x faster, and wide speculative passes cost about a one-token step);
     ``False`` keeps PyTorch's default kernels.
     """
 
