@@ -2,18 +2,20 @@
 
     python benchmarks/draft_replay.py --pool-db STORE [--data ML100K] [--prompts 0]
         [--neighbours none,text,interactions] [--min-first-support 1,2] [--k 10]
-        [--measure-cost float32]
+        [--tree 0,8,12,15] [--measure-cost float32]
 
 Every answer of a knowledge store (``benchmarks/movielens.py --generate-only`` with a
 float32 greedy backend, so the stored answer is what exact mode must reproduce) is
 replayed as speculative decoding would make it: at each step the drafter proposes tokens
 (prompt lookup, or the pool of every OTHER entity's answer), exact mode keeps the longest
 prefix equal to the answer's next tokens, and one more token comes from the model. For
-each kind, neighbour source and ``min_first_support`` it prints the mean accepted draft
-per step, drafted tokens per step and tokens per step (the speedup were a verification
-pass as cheap as a one-token step). ``--measure-cost DTYPE`` loads the model once, times
-a one-token step and passes of 2..9 tokens over a 450-token cache, and adds the speedup
-those costs predict (a real run adds the drafting's own time). Policies compare in
+each kind, neighbour source, ``min_first_support`` and draft shape (``--tree``: one
+draft, a chain, or a draft tree of N nodes, where the longest path matching the answer
+is kept) it prints the mean accepted draft per step, drafted tokens per step and tokens
+per step (the speedup were a verification pass as cheap as a one-token step).
+``--measure-cost DTYPE`` loads the model once, times a one-token step and passes of
+2..16 tokens over a 450-token cache (kar's CPU kernels), and adds the speedup those
+costs predict (a real run adds the drafting's own time). Policies compare in
 seconds instead of a model-bound benchmark's hour. Re-encoding a stored answer may split
 it into other tokens than the model made, so the figures are close to a real run's.
 """
@@ -48,6 +50,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10, help="neighbours per entity")
     parser.add_argument("--neighbour-weight", type=float, default=2.0)
     parser.add_argument("--draft-tokens", type=int, default=8)
+    parser.add_argument("--max-n", type=int, default=4, help="longest suffix matched")
+    parser.add_argument(
+        "--tree",
+        default="0",
+        help="comma list: 0 = one draft of --draft-tokens (a chain); N = a draft tree of N nodes",
+    )
     parser.add_argument("--min-support", type=int, default=2)
     parser.add_argument("--min-share", type=float, default=0.5)
     parser.add_argument(
@@ -67,6 +75,7 @@ def main() -> None:
         SpeculativeConfig,
         generation_prompt_tokens,
         make_draft,
+        make_draft_tree,
     )
     from kar.generation.store import copy_sqlite_store
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
@@ -135,19 +144,25 @@ def main() -> None:
             print(f"{kind}: no answers in the store, skipped")
             continue
         for source in args.neighbours.split(","):
-            pool = KnowledgePool(encode, prefix=prefix, eos=eos, exclude_own=True,
+            pool = KnowledgePool(encode, prefix=prefix, eos=eos, exclude_own=True, max_n=args.max_n,
                                  neighbours=neighbours_of(source, kind),
                                  neighbour_weight=args.neighbour_weight)  # fmt: skip
             for r in kind_rows:
                 pool.add(r["scenario"], kind, r["entity_id"], r["answer"],
                          r["finish_reason"] in ("stop", "trimmed"))  # fmt: skip
             pool.register(prompts[kind].values())
-            for first_support in [int(v) for v in args.min_first_support.split(",")]:
+            settings = [
+                (int(f), int(t))
+                for f in args.min_first_support.split(",")
+                for t in args.tree.split(",")
+            ]
+            for first_support, tree_nodes in settings:
                 config = SpeculativeConfig(
                     draft_tokens=args.draft_tokens,
                     min_support=args.min_support,
                     min_share=args.min_share,
                     min_first_support=first_support,
+                    max_n=args.max_n,
                 )
                 started = time.perf_counter()
                 steps = accepted = drafted = made = 0
@@ -162,11 +177,17 @@ def main() -> None:
                     context = [*encode(render(list(prompt.messages))), answer[0]]
                     done = 1
                     while done < len(answer):
-                        room = min(args.draft_tokens, len(answer) - done - 1)
-                        draft = make_draft(context, route, room, config)
-                        n_ok = 0
-                        while n_ok < len(draft) and draft[n_ok] == answer[done + n_ok]:
-                            n_ok += 1
+                        if tree_nodes:
+                            room = min(tree_nodes, len(answer) - done - 1)
+                            tree = make_draft_tree(context, route, room, config)
+                            n_ok = len(tree.follow(answer[done : done + room]))
+                            draft = tree.tokens
+                        else:
+                            room = min(args.draft_tokens, len(answer) - done - 1)
+                            draft = make_draft(context, route, room, config)
+                            n_ok = 0
+                            while n_ok < len(draft) and draft[n_ok] == answer[done + n_ok]:
+                                n_ok += 1
                         context.extend(answer[done : done + n_ok + 1])
                         done += n_ok + 1
                         steps += 1
@@ -180,7 +201,8 @@ def main() -> None:
                     units = sum(n * cost[min(w, max(cost))] for w, n in widths.items())
                     predicted = f", predicted speedup {made / units:.2f}"
                 print(
-                    f"{kind:<15} neighbours {source:<12} min_first_support {first_support}: "
+                    f"{kind:<15} neighbours {source:<12} min_first_support {first_support} "
+                    f"{f'tree {tree_nodes}' if tree_nodes else 'chain'}: "
                     f"{len(targets)} answers, accepted {accepted / steps:.2f}/step, drafted "
                     f"{drafted / steps:.2f}/step ({accepted / max(drafted, 1):.0%} kept), "
                     f"tokens per step {made / steps:.2f}{predicted} ({took:.0f}s)",
@@ -188,28 +210,32 @@ def main() -> None:
                 )
 
 
-def measure_cost(dtype: str, context: int = 450, repeats: int = 15) -> dict[int, float]:
-    """Median time of a pass of 1..9 tokens over a ``context``-token KV cache, relative to
-    the one-token pass (SmolLM2, 1 thread)."""
+def measure_cost(
+    dtype: str, context: int = 450, repeats: int = 15, widths: int = 16
+) -> dict[int, float]:
+    """Median time of a pass of 1..``widths`` tokens (with a mask) over a ``context``-token
+    KV cache, relative to the one-token pass (SmolLM2 on kar's CPU kernels, 1 thread)."""
     import torch
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import DynamicCache
 
-    from kar.generation.model_files import bundled_model_dir
+    from kar.generation.transformers_backend import TransformersBackend
 
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(
-        bundled_model_dir(), dtype=getattr(torch, dtype)
-    ).eval()
+    model = TransformersBackend(dtype=dtype, threads=1).model  # type: ignore[arg-type]
     prompt = torch.randint(100, 40000, (1, context))
-    times: dict[int, list[float]] = {width: [] for width in range(1, 10)}
+    mask = torch.ones(1, context, dtype=torch.long)
+    times: dict[int, list[float]] = {width: [] for width in range(1, widths + 1)}
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prompt, attention_mask=mask, past_key_values=cache, use_cache=True,
+              logits_to_keep=1)  # fmt: skip
         for _ in range(repeats):  # widths interleaved, so a busy spell hits them alike
             for width in times:
                 step = torch.randint(100, 40000, (1, width))
+                positions = torch.arange(context, context + width).unsqueeze(0)
+                step_mask = torch.cat([mask, torch.ones(1, width, dtype=torch.long)], dim=1)
                 started = time.perf_counter()
-                model(input_ids=step, past_key_values=cache, use_cache=True)
+                model(input_ids=step, attention_mask=step_mask, position_ids=positions,
+                      past_key_values=cache, use_cache=True)  # fmt: skip
                 times[width].append(time.perf_counter() - started)
                 cache.crop(-width)
     seconds = {width: sorted(t)[repeats // 2] for width, t in times.items()}

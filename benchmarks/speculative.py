@@ -2,7 +2,8 @@
 
     python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
         [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
-        [--min-first-support 1,2] [--neighbours none,text] [--relaxed 3:0.1,2:0.3]
+        [--draft-shapes tree:15:1,chain:8:2] [--min-first-support 1,2]
+        [--neighbours none,text] [--relaxed 3:0.1,2:0.3]
         [--dtype bfloat16 --reference-dtype float32] [--cpu-kernels off]
         [--reference-default-kernels]
 
@@ -13,8 +14,10 @@ written), topped up to ``--pool-min`` answers per kind by plain greedy generatio
 other entities (not timed). Then, in one process on one loaded model, at each batch size:
 plain greedy (``TransformersBackend.generate``), exact and relaxed speculative decoding on
 the same prompts (at batch > 1 once per ``--step-token-budget``; at batch 1 once per
-``--min-first-support``, and once more per extra ``--neighbours`` source: ``text`` weighs
-the answers of the TF-IDF nearest entities by prompt context). Then the refresh rows:
+``--min-first-support``, once more per extra ``--draft-shapes`` entry, SHAPE:DRAFT_TOKENS:
+MIN_SUPPORT with SHAPE tree (several continuations in one pass) or chain (one draft), and
+once more per extra ``--neighbours`` source: ``text`` weighs the answers of the TF-IDF
+nearest entities by prompt context). Then the refresh rows:
 batch 1, user prompts, with each target user's previous answer (made before their last
 ``--refresh-new`` rated films) added to the pool. ``--relaxed`` lists relaxed acceptance
 settings (top_k:min_prob): the first runs everywhere, the others once each at batch 1.
@@ -72,8 +75,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--draft-tokens", type=int, default=8)
-    parser.add_argument("--min-support", type=int, default=2)
+    parser.add_argument(
+        "--draft-shapes",
+        default="tree:8:1",
+        help="SHAPE:DRAFT_TOKENS:MIN_SUPPORT, comma-separated (SHAPE: tree or chain): the "
+        "first runs everywhere, the others once more each at batch 1",
+    )
     parser.add_argument(
         "--step-token-budget",
         default="16",
@@ -131,6 +138,17 @@ def main() -> None:
         ]
     except ValueError:
         parser.error(f"--relaxed: TOP_K:MIN_PROB[,TOP_K:MIN_PROB...], got {args.relaxed!r}")
+    try:
+        shapes = [
+            (shape, int(tokens), int(support))
+            for shape, tokens, support in (item.split(":") for item in args.draft_shapes.split(","))
+        ]
+        assert all(shape in ("tree", "chain") for shape, _, _ in shapes)
+    except (ValueError, AssertionError):
+        parser.error(
+            "--draft-shapes: SHAPE:DRAFT_TOKENS:MIN_SUPPORT[,...] with SHAPE tree or chain, "
+            f"got {args.draft_shapes!r}"
+        )
 
     import torch
 
@@ -164,12 +182,14 @@ def main() -> None:
         budget: int,
         first_support: int | None = None,
         relaxed: tuple[int, float] = relaxed_settings[0],
+        shape: tuple[str, int, int] = shapes[0],
     ) -> SpeculativeConfig:
         return SpeculativeConfig(
             min_first_support=first_supports[0] if first_support is None else first_support,
             mode=mode,  # type: ignore[arg-type]
-            draft_tokens=args.draft_tokens,
-            min_support=args.min_support,
+            draft_tree=shape[0] == "tree",
+            draft_tokens=shape[1],
+            min_support=shape[2],
             min_share=args.min_share,
             step_token_budget=budget,
             top_k=relaxed[0],
@@ -266,8 +286,8 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"torch {torch.__version__}, 1 thread, {args.dtype}, CPU kernels {args.cpu_kernels}; "
         f"prompts: {args.prompts} user + "
-        f"{args.prompts} item, max_new_tokens {args.max_new_tokens}, draft_tokens "
-        f"{args.draft_tokens} (min_support {args.min_support}, min_share {args.min_share}, "
+        f"{args.prompts} item, max_new_tokens {args.max_new_tokens}, drafts "
+        f"{args.draft_shapes} (shape:draft_tokens:min_support; min_share {args.min_share}, "
         f"min_first_support {args.min_first_support}, step_token_budget "
         f"{args.step_token_budget}, neighbours {args.neighbours}), "
         f"relaxed top_k:min_prob {args.relaxed}"
@@ -281,9 +301,10 @@ def main() -> None:
         kinds: tuple[str, ...] = (KIND_USER, KIND_ITEM),
         first_support: int | None = None,
         relaxed: tuple[int, float] = relaxed_settings[0],
+        shape: tuple[str, int, int] = shapes[0],
     ) -> tuple[float, int, list[str], SpeculativeStats, str, dict[str, float]]:
         backend.config = spec_config(
-            "relaxed" if mode == "relaxed" else "exact", budget, first_support, relaxed
+            "relaxed" if mode == "relaxed" else "exact", budget, first_support, relaxed, shape
         )
         backend.stats = SpeculativeStats()
         generate = plain_generate if mode == "plain" else backend.generate
@@ -358,38 +379,51 @@ def main() -> None:
         # at batch 1 every budget gives the same drafts (the first only); there each
         # min_first_support runs, then each extra neighbour source (first support)
         if batch_size > 1:
-            variants = [(b, first_supports[0], sources[0]) for b in budgets]
+            variants = [(b, first_supports[0], sources[0], shapes[0]) for b in budgets]
         else:
-            variants = [(budgets[0], m, sources[0]) for m in first_supports]
-            variants += [(budgets[0], first_supports[0], src) for src in sources[1:]]
-        for budget, first_support, source in variants:
+            variants = [(budgets[0], m, sources[0], shapes[0]) for m in first_supports]
+            variants += [(budgets[0], first_supports[0], sources[0], sh) for sh in shapes[1:]]
+            variants += [(budgets[0], first_supports[0], src, shapes[0]) for src in sources[1:]]
+        for budget, first_support, source, shape in variants:
             label = f"batch {batch_size}, budget {budget}"
-            if batch_size == 1 and (first_support, source) != (first_supports[0], sources[0]):
-                label += f", min_first_support {first_support}, neighbours {source}"
-            per_row = spec_config("exact", budget).drafts_per_row(batch_size)
+            if batch_size == 1 and (first_support, source, shape) != (
+                first_supports[0],
+                sources[0],
+                shapes[0],
+            ):
+                label += (
+                    f", min_first_support {first_support}, neighbours {source}, "
+                    f"{shape[0]} {shape[1]} tokens min_support {shape[2]}"
+                )
+            per_row = spec_config("exact", budget, shape=shape).drafts_per_row(batch_size)
             speedups[label] = {}
             use_neighbours(source)
             for mode in ("exact", "relaxed"):
                 secs, tok, texts, stats, by_kind, _ = run(
-                    mode, batch_size, budget, first_support=first_support
+                    mode, batch_size, budget, first_support=first_support, shape=shape
                 )
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
                 speedups[label][mode] = base_s / secs
+                # prefill: the prompts' passes, the same in every mode; no draft shortens it
+                decode = (base_s - stats.prefill_seconds) / (secs - stats.prefill_seconds)
                 if batch_size == 1:
                     batch1_seconds[f"{label} {mode}"] = secs
                 if mode == "exact":
                     identical[label] = f"{same}/{len(texts)}"
-                drafts = f"{per_row}-token drafts" if per_row else "no drafts: plain generate"
+                drafts = (
+                    f"{per_row}-token {shape[0]} drafts" if per_row else "no drafts: plain generate"
+                )
                 print(
                     f"{label} ({drafts}) {mode:<7}: {tok} tokens {secs:7.1f}s "
-                    f"{tok / secs:6.1f} tok/s speedup {base_s / secs:.2f}x, forward passes "
+                    f"{tok / secs:6.1f} tok/s speedup {base_s / secs:.2f}x (decoding alone "
+                    f"{decode:.2f}x: prefill {stats.prefill_seconds:.1f}s), forward passes "
                     f"{stats.forward_passes}, mean accepted draft {stats.mean_accepted:.2f}/step "
                     f"({by_kind}), identical to greedy {same}/{len(texts)}",
                     flush=True,
                 )
         use_neighbours(sources[0])
         if batch_size == 1:
-            budget, first_support, source = variants[0]
+            budget, first_support, source, _ = variants[0]
             for top_k, min_prob in relaxed_settings[1:]:
                 secs, tok, texts, stats, by_kind, _ = run(
                     "relaxed", 1, budget, first_support=first_support, relaxed=(top_k, min_prob)

@@ -54,7 +54,10 @@ class SpeculativeSettings(_Section):
     """Speculative decoding from the knowledge pool (transformers backend, greedy only)."""
 
     mode: Literal["off", "exact", "relaxed"] = "off"
-    draft_tokens: int = Field(8, ge=1)
+    draft_tokens: int = Field(8, ge=1)  # most draft tokens checked per step (tree nodes)
+    # several pool continuations per step, checked in one pass (false: one draft, a chain)
+    draft_tree: bool = True
+    min_support: int = Field(1, ge=1)  # earlier answers that must agree past a draft's first token
     top_k: int = Field(3, ge=1)  # relaxed: besides the greedy choice, a draft token in the
     min_prob: float = Field(0.1, ge=0.0, le=1.0)  # model's top_k with this probability is kept
     step_token_budget: int = Field(16, ge=1)  # rows x (1 + draft) per pass; see speculative.py

@@ -68,10 +68,12 @@ def test_speculative_backend_gets_a_pool_from_the_store(tmp_path) -> None:
         store.write([row])
     new = [PromptRecord("item", "9", KIND_ITEM, "movies", "v1",
                         ({"role": "user", "content": "Facts about film 9?"},))]  # fmt: skip
-    gen = settings(dtype="float32", speculative={"mode": "exact", "draft_tokens": 4})
+    spec = {"mode": "exact", "draft_tokens": 4, "draft_tree": False, "min_support": 2}
+    gen = settings(dtype="float32", speculative=spec)
     backend = make_backend(gen, store=store, prompts=new)
     assert isinstance(backend, SpeculativeTransformersBackend)
     assert backend.config.mode == "exact" and backend.config.draft_tokens == 4
+    assert not backend.config.draft_tree and backend.config.min_support == 2
     assert backend.pool is not None and len(backend.pool) == 3
     index = backend.pool.route(new[0].messages).index
     assert index is not None and len(index) == 3

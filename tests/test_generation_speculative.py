@@ -252,3 +252,49 @@ def test_relaxed_mode_keeps_every_token_exact_mode_keeps(spec_backend) -> None:
         spec_backend.config = config
     assert kept["exact"][0] > 0, "no draft token was accepted: the check would be empty"
     assert kept["relaxed"] == kept["exact"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_exact_mode_through_a_tree_whose_right_way_is_not_the_first(
+    spec_backend, batch_size: int
+) -> None:
+    """The pool holds each prompt's greedy answer and, outvoting it, copies that leave it
+    a few tokens in: a one-draft chain follows the copies and loses the rest, a draft tree
+    also holds the right way as a second branch. Both give the greedy tokens exactly; the
+    tree keeps more draft tokens, which it can only do through a correct tree attention
+    mask and cache compaction."""
+    prompts = [item_prompt(n) for n in (2, 3)]
+    batch = [p.messages for p in prompts]
+    expected = plain_token_ids(spec_backend, batch, SHORT)
+    pool = spec_backend.make_pool()
+    for p, ids in zip(prompts, expected, strict=True):
+        answer = ids[:-1] if ids[-1] in spec_backend.eos_token_ids else ids
+        wrong = spec_backend.tokenizer.decode([*answer[:4], *answer[8:4:-1]])
+        right = spec_backend.tokenizer.decode(answer)
+        for copy in range(3):  # outvotes the right way
+            pool.add("movies", KIND_ITEM, f"w{copy}-{p.entity_id}", wrong, ended=False)
+        pool.add("movies", KIND_ITEM, f"r-{p.entity_id}", right, ended=False)
+    pool.register(prompts)
+    saved = spec_backend.pool, spec_backend.config
+    accepted = {}
+    try:
+        spec_backend.pool = pool
+        for tree in (False, True):
+            spec_backend.config = SpeculativeConfig(
+                draft_tree=tree,
+                draft_tokens=12,
+                prompt_lookup=False,
+                min_support=1,
+                step_token_budget=32,
+            )
+            before = spec_backend.stats.accepted
+            for start in range(0, len(batch), batch_size):
+                rows = batch[start : start + batch_size]
+                outputs = spec_backend.generate(rows, SHORT)
+                want = expected[start : start + batch_size]
+                assert [o.meta["token_ids"] for o in outputs] == want
+            accepted[tree] = spec_backend.stats.accepted - before
+    finally:
+        spec_backend.pool, spec_backend.config = saved
+    assert accepted[True] > accepted[False] > 0

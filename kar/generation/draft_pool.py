@@ -102,19 +102,54 @@ class NgramIndex:
         ``min_support`` votes, or less than ``min_share`` of the live votes, agree (a weak
         guess costs verification).
         """
-        _, hits = self.matches(context, skip_doc)
-        if not hits or k <= 0:
+        if k <= 0:
             return []
+        hits, weight = self._weighted_hits(context, prefer, skip_doc, weights)
+        if not hits:
+            return []
+        return continue_matches(
+            self.tokens, hits, k, min_support, min_share, weight, min_first_support
+        )
+
+    def draft_tree(
+        self,
+        context: Sequence[int],
+        k: int,
+        prefer: Mapping[int, int] | None = None,
+        min_support: int = 1,
+        skip_doc: int | None = None,
+        weights: Mapping[int, float] | None = None,
+        min_first_support: float = 1,
+    ) -> DraftTree:
+        """Up to ``k`` draft tokens as a tree: the ``k`` heaviest nodes of the trie of what
+        followed the longest matching suffix of ``context`` (same ``prefer``, ``weights``
+        and ``skip_doc`` as :meth:`draft`). Where earlier answers went different ways, the
+        tree keeps several of those ways, so one verification pass checks them all. A node
+        needs ``min_first_support`` votes at depth 1 and ``min_support`` below."""
+        if k <= 0:
+            return DraftTree()
+        hits, weight = self._weighted_hits(context, prefer, skip_doc, weights)
+        if not hits:
+            return DraftTree()
+        return continuation_tree(self.tokens, hits, k, min_support, weight, min_first_support)
+
+    def _weighted_hits(
+        self,
+        context: Sequence[int],
+        prefer: Mapping[int, int] | None,
+        skip_doc: int | None,
+        weights: Mapping[int, float] | None,
+    ) -> tuple[list[int], list[float] | None]:
+        """End positions a draft follows (only ``prefer``'s documents when they match) and
+        their vote weights (None: one each)."""
+        _, hits = self.matches(context, skip_doc)
         if prefer:
             preferred = [p for p in hits if self.doc_of[p] in prefer]
             if preferred:
                 hits = sorted(preferred, key=lambda p: prefer[self.doc_of[p]])
-        weight = None
-        if weights:
-            weight = [weights.get(self.doc_of[p], 1.0) for p in hits]
-        return continue_matches(
-            self.tokens, hits, k, min_support, min_share, weight, min_first_support
-        )
+        if not weights:
+            return hits, None
+        return hits, [weights.get(self.doc_of[p], 1.0) for p in hits]
 
 
 def continue_matches(
@@ -146,6 +181,138 @@ def continue_matches(
         out.append(best)
         alive = [(p, w) for p, w, t in nexts if t == best]
     return out
+
+
+def continuation_tree(
+    tokens: Sequence[int],
+    ends: Sequence[int],
+    k: int,
+    min_support: float = 1,
+    weights: Sequence[float] | None = None,
+    min_first_support: float = 1,
+) -> DraftTree:
+    """The ``k`` heaviest nodes (ties: shallower, then earlier) of the trie of the
+    continuations of ``ends`` in ``tokens``, each at most ``k`` deep; see
+    :meth:`NgramIndex.draft_tree`. A node weighs the votes of the matches through it, so
+    it never outweighs its parent, and the nodes kept form a tree."""
+    node_of: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+    trie_tokens: list[int] = []
+    trie_parents: list[int] = []
+    trie_depths: list[int] = []
+    votes: list[float] = []
+    for n, end in enumerate(ends):
+        w = weights[n] if weights is not None else 1.0
+        parent = -1
+        for depth in range(1, k + 1):
+            at = end + depth
+            if at >= len(tokens) or tokens[at] == SEP:
+                break
+            node = node_of.get((parent, tokens[at]))
+            if node is None:
+                node = node_of[(parent, tokens[at])] = len(trie_tokens)
+                trie_tokens.append(tokens[at])
+                trie_parents.append(parent)
+                trie_depths.append(depth)
+                votes.append(0.0)
+            votes[node] += w
+            parent = node
+    order = sorted(range(len(votes)), key=lambda i: (-votes[i], trie_depths[i], i))
+    tree = DraftTree()
+    kept: dict[int, int] = {-1: -1}  # trie node -> tree node
+    for node in order:
+        if len(tree) >= k:
+            break
+        floor = min_first_support if trie_depths[node] == 1 else min_support
+        if votes[node] >= floor and trie_parents[node] in kept:
+            kept[node] = tree.add(kept[trie_parents[node]], trie_tokens[node])
+    return tree
+
+
+@dataclass
+class DraftTree:
+    """Draft tokens as a tree: token ``tokens[i]`` follows node ``parents[i]`` (-1: the
+    last generated token); parents come before their children. A single draft is a chain
+    (:meth:`chain`). One verification pass checks every path (a tree attention mask)."""
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+
+    @classmethod
+    def chain(cls, tokens: Sequence[int]) -> DraftTree:
+        """The tree of one draft: each token follows the one before."""
+        return cls(list(tokens), list(range(-1, len(tokens) - 1)))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, parent: int, token: int) -> int:
+        """Node ``token`` under ``parent`` (made if missing); its number."""
+        node = self.child(parent, token)
+        if node is not None:
+            return node
+        if not -1 <= parent < len(self.tokens):
+            raise ValueError(f"no node {parent} in a draft tree of {len(self.tokens)} nodes")
+        self.tokens.append(token)
+        self.parents.append(parent)
+        return len(self.tokens) - 1
+
+    def merge(self, other: DraftTree, limit: int) -> DraftTree:
+        """Add ``other``'s nodes (in its order, shared paths once) while this tree has fewer
+        than ``limit`` nodes; returns self."""
+        mapped = {-1: -1}
+        for node, (token, parent) in enumerate(zip(other.tokens, other.parents, strict=True)):
+            if parent not in mapped:
+                continue
+            at = self.child(mapped[parent], token)
+            if at is None:
+                if len(self.tokens) >= limit:
+                    continue
+                at = self.add(mapped[parent], token)
+            mapped[node] = at
+        return self
+
+    def child(self, parent: int, token: int) -> int | None:
+        """The node ``token`` under ``parent``, if there is one."""
+        for node, (t, p) in enumerate(zip(self.tokens, self.parents, strict=True)):
+            if p == parent and t == token:
+                return node
+        return None
+
+    def children(self) -> dict[int, list[int]]:
+        """Node -> its children, in order (-1: the root's)."""
+        out: dict[int, list[int]] = {-1: []}
+        for node, parent in enumerate(self.parents):
+            out.setdefault(parent, []).append(node)
+            out.setdefault(node, [])
+        return out
+
+    def depths(self) -> list[int]:
+        """Each node's depth (the root's children: 1)."""
+        out: list[int] = []
+        for parent in self.parents:
+            out.append(1 if parent < 0 else out[parent] + 1)
+        return out
+
+    def path(self, node: int) -> list[int]:
+        """The nodes from the root's child down to ``node``."""
+        out = []
+        while node >= 0:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
+
+    def follow(self, tokens: Sequence[int]) -> list[int]:
+        """The nodes of the longest path spelling a prefix of ``tokens``."""
+        kids = self.children()
+        path: list[int] = []
+        node = -1
+        for token in tokens:
+            nxt = next((c for c in kids[node] if self.tokens[c] == token), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+            node = nxt
+        return path
 
 
 class PoolRoute(NamedTuple):

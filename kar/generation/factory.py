@@ -40,6 +40,8 @@ def _speculative_config(gen: GenerationSettings, config_type: Any) -> Any:
     return config_type(
         mode=spec.mode,
         draft_tokens=spec.draft_tokens,
+        draft_tree=spec.draft_tree,
+        min_support=spec.min_support,
         top_k=spec.top_k,
         min_prob=spec.min_prob,
         step_token_budget=spec.step_token_budget,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
-from kar.generation.draft_pool import KnowledgePool, PoolRoute
+from kar.generation.draft_pool import DraftTree, KnowledgePool, PoolRoute
 from kar.generation.transformers_backend import Dtype, TransformersBackend
 from kar.records import GenerationOutput, SamplingParams
 
@@ -36,17 +36,22 @@ class SpeculativeConfig:
     """How drafts are made and accepted."""
 
     mode: Mode = "exact"
-    draft_tokens: int = 8  # most draft tokens checked per step
+    draft_tokens: int = 8  # most draft tokens checked per step (with draft_tree: nodes)
     top_k: int = 3  # relaxed: besides the greedy choice, a draft token among the top_k ...
     min_prob: float = 0.1  # ... with at least this probability is kept
     prompt_lookup: bool = True  # also draft from the conversation's own prompt/answer
+    # draft_tokens may go to several continuations at once (a tree, checked in one pass
+    # with a tree attention mask) where earlier answers went different ways
+    draft_tree: bool = True
     # tokens (rows x (1 + draft)) one verification pass may hold: big batches get shorter
     # drafts, since a wide pass over many rows costs more than the tokens it saves; a batch
     # the budget leaves no draft token (rows > budget / 2) is decoded plainly (like vLLM's
     # disable_by_batch_size). 16 suits a CPU, where a 16-token pass is compute-bound
     step_token_budget: int = 16
-    min_support: int = 2  # pool drafts stop where fewer earlier answers agree ...
-    min_share: float = 0.5  # ... or less than this share of the matches left agree
+    # past its first token a draft (or tree node) needs this many earlier answers to agree
+    # (2 suited PyTorch's default kernels, where a wider pass cost ~1.5-2x a step)
+    min_support: int = 1
+    min_share: float = 0.5  # chain drafts: stop where less than this share of matches agree
     # no pool draft unless this many earlier answers agree on its first token: where a
     # verification pass costs much more than a one-token step (float32 on a CPU with
     # PyTorch's default kernels: ~1.9x; ~1.05x with kar.generation.cpu_kernels)
@@ -93,6 +98,7 @@ class SpeculativeStats:
     accepted: int = 0  # draft tokens kept
     new_tokens: int = 0  # tokens generated (EOS included)
     seconds: float = 0.0
+    prefill_seconds: float = 0.0  # of ``seconds``: the prompts' passes (no draft can help)
     per_call: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -186,6 +192,8 @@ class SpeculativeTransformersBackend(TransformersBackend):
         import torch
         from transformers import DynamicCache
 
+        from kar.generation.cpu_kernels import CPU_GQA_ATTENTION
+
         cfg = self.config
         texts = [self.render(m) for m in batch]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -229,6 +237,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
 
         cache = DynamicCache(config=self.model.config)
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        prefill_started = time.perf_counter()
         with torch.inference_mode():
             out = self.model(
                 input_ids=ids,
@@ -243,79 +252,88 @@ class SpeculativeTransformersBackend(TransformersBackend):
             first = penalise(logits, seen).argmax(dim=-1).tolist()
             for r in range(n_rows):
                 emit(r, [first[r]])
+            stats.prefill_seconds += time.perf_counter() - prefill_started
             valid = mask.sum(dim=1)  # tokens in the cache per row that count
             full_mask = mask
             per_row = self.config.drafts_per_row(n_rows)
+            pad = self.tokenizer.pad_token_id
+            bool_mask = self.model.config._attn_implementation in ("sdpa", CPU_GQA_ATTENTION)
             while not all(done):
                 last = [g[-1] for g in generated]
-                drafts: list[list[int]] = []
+                trees: list[DraftTree] = []
                 for r in range(n_rows):
-                    room = max_new - len(generated[r]) - 1
-                    if done[r] or room <= 0 or per_row == 0:
-                        drafts.append([])
-                        continue
-                    drafts.append(make_draft(contexts[r], routes[r], min(per_row, room), cfg))
-                width = 1 + max(len(d) for d in drafts)
-                pad = self.tokenizer.pad_token_id
+                    room = min(per_row, max_new - len(generated[r]) - 1)
+                    if done[r] or room <= 0:
+                        trees.append(DraftTree())
+                    elif cfg.draft_tree:
+                        trees.append(make_draft_tree(contexts[r], routes[r], room, cfg))
+                    else:
+                        draft = make_draft(contexts[r], routes[r], room, cfg)
+                        trees.append(DraftTree.chain(draft))
+                width = 1 + max(len(t) for t in trees)
                 step_ids = [
-                    [last[r], *drafts[r]] + [pad] * (width - 1 - len(drafts[r]))
+                    [last[r], *trees[r].tokens] + [pad] * (width - 1 - len(trees[r]))
                     for r in range(n_rows)
                 ]
-                step_mask = [
-                    [0 if done[r] else int(j <= len(drafts[r])) for j in range(width)]
-                    for r in range(n_rows)
-                ]
+                depths = [[0, *t.depths()] + [0] * (width - 1 - len(t)) for t in trees]
                 step_ids_t = torch.tensor(step_ids, device=self.device)
-                step_mask_t = torch.tensor(step_mask, device=self.device, dtype=mask.dtype)
-                step_pos = valid.unsqueeze(1) + torch.arange(width, device=self.device).unsqueeze(0)
-                full_mask = torch.cat([full_mask, step_mask_t], dim=1)
+                step_pos = valid.unsqueeze(1) + torch.tensor(depths, device=self.device)
+                step_mask = tree_attention_mask(full_mask, trees, width)
+                if not bool_mask:  # eager attention adds the mask to its scores
+                    dtype = self.model.dtype
+                    step_mask = torch.zeros(step_mask.shape, dtype=dtype).masked_fill(
+                        ~step_mask, torch.finfo(dtype).min
+                    )
                 out = self.model(
                     input_ids=step_ids_t,
-                    attention_mask=full_mask,
+                    attention_mask=step_mask.to(self.device),
                     position_ids=step_pos,
                     past_key_values=cache,
                     use_cache=True,
                 )
                 stats.forward_passes += 1
                 logits = out.logits.to(dtype=torch.float32)  # (rows, width, vocab)
-                kept_cols = []
+                kept: list[list[int]] = []  # per row: the step's columns that stay cached
                 for r in range(n_rows):
                     if done[r]:
-                        kept_cols.append(0)
+                        kept.append([])
                         continue
-                    draft = drafts[r]
-                    m = len(draft)
-                    seen_steps = seen[r].expand(m + 1, vocab).clone()
-                    for j, t in enumerate(draft, start=1):
-                        seen_steps[j:, t] = True
-                    scores = penalise(logits[r, : m + 1], seen_steps)
+                    tree = trees[r]
+                    m = len(tree)
+                    seen_cols = seen[r].expand(m + 1, vocab).clone()
+                    for node in range(m):  # a node's column has seen the tokens of its path
+                        for on_path in tree.path(node):
+                            seen_cols[node + 1, tree.tokens[on_path]] = True
+                    scores = penalise(logits[r, : m + 1], seen_cols)
                     best = scores.argmax(dim=-1).tolist()
-                    n_ok = 0
-                    if cfg.mode == "exact":
-                        while n_ok < m and best[n_ok] == draft[n_ok]:
-                            n_ok += 1
-                    elif m:
-                        probs = torch.softmax(scores[:m], dim=-1)
-                        top = torch.topk(probs, cfg.top_k, dim=-1)
-                        draft_t = torch.tensor(draft, device=self.device).unsqueeze(1)
-                        near_top = (top.indices == draft_t) & (top.values >= cfg.min_prob)
-                        # the greedy choice is always kept, however flat the distribution:
-                        # relaxed mode keeps at least what exact mode keeps
-                        ok = [
-                            near or best[j] == draft[j]
-                            for j, near in enumerate(near_top.any(dim=-1).tolist())
-                        ]
-                        while n_ok < m and ok[n_ok]:
-                            n_ok += 1
+                    near: list[dict[int, float]] = [{} for _ in range(m + 1)]
+                    if cfg.mode == "relaxed" and m:
+                        top = torch.topk(torch.softmax(scores, dim=-1), cfg.top_k, dim=-1)
+                        for col, (ids_, probs) in enumerate(
+                            zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                        ):
+                            near[col] = {
+                                t: q for t, q in zip(ids_, probs, strict=True) if q >= cfg.min_prob
+                            }
+                    path = accept_path(tree, best, near)
                     steps_rows[r] += 1
                     stats.drafted += m
-                    accepted_rows[r] += n_ok
-                    emit(r, [*draft[:n_ok], best[n_ok]])
-                    kept_cols.append(1 + n_ok)  # last token + kept drafts are now cached
-                    if n_ok < m:
-                        full_mask[r, full_mask.shape[1] - width + 1 + n_ok :] = 0
-                valid = valid + torch.tensor(kept_cols, device=self.device, dtype=valid.dtype)
-                crop = width - max(kept_cols)  # trailing columns no row needs
+                    accepted_rows[r] += len(path)
+                    end_col = path[-1] + 1 if path else 0
+                    emit(r, [*(tree.tokens[n] for n in path), best[end_col]])
+                    kept.append([0, *(n + 1 for n in path)])
+                    # the last token + the kept path are now cached
+                keep_counts = [len(k) for k in kept]
+                if any(k != list(range(len(k))) for k in kept):
+                    compact_step_cache(cache, kept, width)
+                new_cols = torch.tensor(
+                    [[int(j < n) for j in range(width)] for n in keep_counts],
+                    device=self.device,
+                    dtype=mask.dtype,
+                )
+                full_mask = torch.cat([full_mask, new_cols], dim=1)
+                valid = valid + torch.tensor(keep_counts, device=self.device, dtype=valid.dtype)
+                crop = width - max(keep_counts)  # trailing columns no row needs
                 if crop > 0:
                     cache.crop(-crop)
                     full_mask = full_mask[:, :-crop]
@@ -342,6 +360,62 @@ class SpeculativeTransformersBackend(TransformersBackend):
                 )
             )
         return results
+
+
+def tree_attention_mask(past: Any, trees: list[DraftTree], width: int) -> Any:
+    """Boolean mask (rows, 1, width, past + width) of a verification pass: each column sees
+    the cached tokens ``past`` (rows, past) marks, the last generated token (column 0),
+    the tree nodes on its own path and itself; padding columns see only themselves."""
+    import torch
+
+    rows, past_len = past.shape
+    new = torch.zeros(rows, width, width, dtype=torch.bool)
+    new[:, torch.arange(width), torch.arange(width)] = True
+    for r, tree in enumerate(trees):
+        new[r, : len(tree) + 1, 0] = True
+        for node in range(len(tree)):
+            new[r, node + 1, [n + 1 for n in tree.path(node)]] = True
+    seen = past.to(dtype=torch.bool, device="cpu").unsqueeze(1).expand(rows, width, past_len)
+    return torch.cat([seen, new], dim=2).unsqueeze(1)
+
+
+def accept_path(
+    tree: DraftTree, best: list[int], near: list[dict[int, float]] | None = None
+) -> list[int]:
+    """The nodes kept from ``tree``: from the root, the child that is the greedy choice
+    ``best[column]`` of its parent's column (column = node + 1; the root's is 0); in relaxed
+    mode, failing that, the likeliest child in ``near[column]`` (token -> probability of the
+    tokens close enough to the top)."""
+    children = tree.children()
+    path: list[int] = []
+    node = -1
+    while children[node]:
+        col = node + 1
+        nxt = next((c for c in children[node] if tree.tokens[c] == best[col]), None)
+        if nxt is None and near and near[col]:
+            close = [c for c in children[node] if tree.tokens[c] in near[col]]
+            nxt = max(close, key=lambda c: near[col][tree.tokens[c]], default=None)
+        if nxt is None:
+            break
+        path.append(nxt)
+        node = nxt
+    return path
+
+
+def compact_step_cache(cache: Any, kept: list[list[int]], width: int) -> None:
+    """Move each row's kept columns of the last ``width`` cached positions to the front of
+    them, in order (the rest follow, to be masked or cropped)."""
+    import torch
+
+    order = [k + [c for c in range(width) if c not in k] for k in kept]
+    layers = cache.layers
+    index = torch.tensor(order, device=layers[0].keys.device)
+    for layer in layers:
+        for name in ("keys", "values"):
+            states = getattr(layer, name)
+            tail = states[:, :, -width:]
+            idx = index[:, None, :, None].expand(-1, tail.shape[1], -1, tail.shape[3])
+            states[:, :, -width:] = tail.gather(2, idx)
 
 
 def generation_prompt_tokens(tokenizer: Any) -> list[int]:
@@ -377,6 +451,33 @@ def make_draft(
             config.min_first_support,
         )
     return []
+
+
+def make_draft_tree(
+    context: list[int], route: PoolRoute, k: int, config: SpeculativeConfig
+) -> DraftTree:
+    """Up to ``k`` draft tokens after ``context`` as a tree (``config.draft_tree``): the
+    heaviest continuations in the pool ``route`` points to, merged with the conversation's
+    own continuation (prompt lookup), the longer match's nodes first."""
+    index = route.index
+    pool_n, _ = index.matches(context, route.skip_doc) if index is not None else (0, [])
+    own_n, own_end = (
+        _own_match(context, config.min_n, config.max_n) if config.prompt_lookup else (0, -1)
+    )
+    own = DraftTree.chain(context[own_end + 1 : own_end + 1 + k]) if own_n else DraftTree()
+    pool = DraftTree()
+    if pool_n and index is not None:
+        pool = index.draft_tree(
+            context,
+            k,
+            route.prefer,
+            config.min_support,
+            route.skip_doc,
+            route.weights,
+            config.min_first_support,
+        )
+    first, second = (own, pool) if own_n > pool_n else (pool, own)
+    return first.merge(second, k)
 
 
 def _own_match(context: list[int], min_n: int, max_n: int) -> tuple[int, int]:
