@@ -298,3 +298,23 @@ def test_exact_mode_through_a_tree_whose_right_way_is_not_the_first(
     finally:
         spec_backend.pool, spec_backend.config = saved
     assert accepted[True] > accepted[False] > 0
+
+
+@pytest.mark.slow
+def test_exact_tree_mode_on_eager_attention(spec_backend) -> None:
+    """Eager attention adds its mask to the scores: the tree mask goes to it as an additive
+    float mask (a boolean one would be added as 0/1), and exact mode still equals greedy."""
+    prompts = [item_prompt(n) for n in range(2)]
+    spec_backend.pool.register(prompts)
+    batch = [p.messages for p in prompts]
+    model = spec_backend.model
+    attention = model.config._attn_implementation
+    try:
+        model.set_attn_implementation("eager")
+        expected = plain_token_ids(spec_backend, batch, SHORT)
+        before = spec_backend.stats.accepted
+        outputs = spec_backend.generate(batch, SHORT)
+    finally:
+        model.set_attn_implementation(attention)
+    assert [o.meta["token_ids"] for o in outputs] == expected
+    assert spec_backend.stats.accepted > before

@@ -263,12 +263,9 @@ class DraftTree:
         for node, (token, parent) in enumerate(zip(other.tokens, other.parents, strict=True)):
             if parent not in mapped:
                 continue
-            at = self.child(mapped[parent], token)
-            if at is None:
-                if len(self.tokens) >= limit:
-                    continue
-                at = self.add(mapped[parent], token)
-            mapped[node] = at
+            if len(self.tokens) >= limit and self.child(mapped[parent], token) is None:
+                continue
+            mapped[node] = self.add(mapped[parent], token)
         return self
 
     def child(self, parent: int, token: int) -> int | None:

@@ -281,12 +281,12 @@ class SpeculativeTransformersBackend(TransformersBackend):
                 step_mask = tree_attention_mask(full_mask, trees, width)
                 if not bool_mask:  # eager attention adds the mask to its scores
                     dtype = self.model.dtype
-                    step_mask = torch.zeros(step_mask.shape, dtype=dtype).masked_fill(
-                        ~step_mask, torch.finfo(dtype).min
-                    )
+                    step_mask = torch.zeros(
+                        step_mask.shape, dtype=dtype, device=step_mask.device
+                    ).masked_fill(~step_mask, torch.finfo(dtype).min)
                 out = self.model(
                     input_ids=step_ids_t,
-                    attention_mask=step_mask.to(self.device),
+                    attention_mask=step_mask,
                     position_ids=step_pos,
                     past_key_values=cache,
                     use_cache=True,
@@ -302,8 +302,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
                     m = len(tree)
                     seen_cols = seen[r].expand(m + 1, vocab).clone()
                     for node in range(m):  # a node's column has seen the tokens of its path
-                        for on_path in tree.path(node):
-                            seen_cols[node + 1, tree.tokens[on_path]] = True
+                        seen_cols[node + 1, [tree.tokens[n] for n in tree.path(node)]] = True
                     scores = penalise(logits[r, : m + 1], seen_cols)
                     best = scores.argmax(dim=-1).tolist()
                     near: list[dict[int, float]] = [{} for _ in range(m + 1)]
@@ -369,13 +368,13 @@ def tree_attention_mask(past: Any, trees: list[DraftTree], width: int) -> Any:
     import torch
 
     rows, past_len = past.shape
-    new = torch.zeros(rows, width, width, dtype=torch.bool)
-    new[:, torch.arange(width), torch.arange(width)] = True
+    new = torch.zeros(rows, width, width, dtype=torch.bool, device=past.device)
+    new[:, range(width), range(width)] = True
     for r, tree in enumerate(trees):
         new[r, : len(tree) + 1, 0] = True
         for node in range(len(tree)):
             new[r, node + 1, [n + 1 for n in tree.path(node)]] = True
-    seen = past.to(dtype=torch.bool, device="cpu").unsqueeze(1).expand(rows, width, past_len)
+    seen = past.to(dtype=torch.bool).unsqueeze(1).expand(rows, width, past_len)
     return torch.cat([seen, new], dim=2).unsqueeze(1)
 
 
