@@ -2,7 +2,7 @@
 
     python benchmarks/draft_replay.py --pool-db STORE [--data ML100K] [--prompts 0]
         [--neighbours none,text,interactions] [--min-first-support 1,2] [--k 10]
-        [--tree 0,8,12,15] [--measure-cost float32]
+        [--tree 0,8,12,15] [--measure-cost float32] [--answer-tokens 64]
 
 Every answer of a knowledge store (``benchmarks/movielens.py --generate-only`` with a
 float32 greedy backend, so the stored answer is what exact mode must reproduce) is
@@ -56,7 +56,14 @@ def main() -> None:
         default="0",
         help="comma list: 0 = one draft of --draft-tokens (a chain); N = a draft tree of N nodes",
     )
-    parser.add_argument("--min-support", type=int, default=2)
+    parser.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=0,
+        help="replay only each answer's first N tokens, as a max_new_tokens of N would cut "
+        "it (0: whole answers)",
+    )
+    parser.add_argument("--min-support", type=int, default=1)
     parser.add_argument("--min-share", type=float, default=0.5)
     parser.add_argument(
         "--measure-cost", choices=["float32", "bfloat16"], help="time passes of 1..9 tokens"
@@ -131,7 +138,7 @@ def main() -> None:
         f"store {args.pool_db}: {len(rows[KIND_USER])} user and {len(rows[KIND_ITEM])} item "
         f"answers to the current prompts; draft_tokens {args.draft_tokens}, min_support "
         f"{args.min_support}, min_share {args.min_share}, neighbours k {args.k} weight "
-        f"{args.neighbour_weight}"
+        f"{args.neighbour_weight}, answers cut to {args.answer_tokens or 'no'} tokens"
     )
     if cost:
         widths = ", ".join(f"{w}: {c:.2f}" for w, c in cost.items())
@@ -173,6 +180,8 @@ def main() -> None:
                     answer = encode(r["answer"])
                     if r["finish_reason"] in ("stop", "trimmed"):
                         answer.append(eos)
+                    if args.answer_tokens:
+                        answer = answer[: args.answer_tokens]
                     # the prefill pass makes the first token
                     context = [*encode(render(list(prompt.messages))), answer[0]]
                     done = 1

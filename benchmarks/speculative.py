@@ -1,6 +1,6 @@
 """Speculative decoding from a knowledge pool vs plain greedy, on MovieLens-100K prompts.
 
-    python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,16]
+    python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 0] [--batch-sizes 1,16]
         [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
         [--draft-shapes tree:15:1,chain:8:2] [--min-first-support 1,2]
         [--neighbours none,text] [--relaxed 3:0.1,2:0.3]
@@ -72,12 +72,17 @@ def main() -> None:
         default=REPO / ".kar-cache" / "speculative-pool.db",
         help="knowledge store for the top-up answers (reused by later runs)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=0,
+        help="token budget of every answer (0: the scenario's, per kind, as the pipeline runs)",
+    )
     parser.add_argument("--batch-sizes", default="1,16")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument(
         "--draft-shapes",
-        default="tree:8:1",
+        default="tree:5:1",
         help="SHAPE:DRAFT_TOKENS:MIN_SUPPORT, comma-separated (SHAPE: tree or chain): the "
         "first runs everywhere, the others once more each at batch 1",
     )
@@ -200,10 +205,8 @@ def main() -> None:
                                              dtype=args.dtype,
                                              cpu_kernels=args.cpu_kernels == "on")  # fmt: skip
     pool = backend.make_pool()
-    params = {
-        k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens)
-        for k in (KIND_USER, KIND_ITEM)
-    }
+    budget_override = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    params = {k: scenario.sampling_params(k, **budget_override) for k in (KIND_USER, KIND_ITEM)}
 
     # the pool: answers of other entities from the store copy ...
     pooled: dict[str, list[str]] = {KIND_USER: [], KIND_ITEM: []}
@@ -286,7 +289,8 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"torch {torch.__version__}, 1 thread, {args.dtype}, CPU kernels {args.cpu_kernels}; "
         f"prompts: {args.prompts} user + "
-        f"{args.prompts} item, max_new_tokens {args.max_new_tokens}, drafts "
+        f"{args.prompts} item, max_new_tokens {params[KIND_USER].max_new_tokens} user / "
+        f"{params[KIND_ITEM].max_new_tokens} item, drafts "
         f"{args.draft_shapes} (shape:draft_tokens:min_support; min_share {args.min_share}, "
         f"min_first_support {args.min_first_support}, step_token_budget "
         f"{args.step_token_budget}, neighbours {args.neighbours}), "
@@ -309,6 +313,7 @@ def main() -> None:
         backend.stats = SpeculativeStats()
         generate = plain_generate if mode == "plain" else backend.generate
         texts, tokens, per_kind, seconds = [], 0, [], {}
+        cut[0] = 0
         for kind in kinds:
             kind_prompts = prompts[kind]
             accepted, steps = backend.stats.accepted, backend.stats.row_steps
@@ -318,6 +323,7 @@ def main() -> None:
                 outs = generate([p.messages for p in chunk], params[kind])
                 texts += [o.text for o in outs]
                 tokens += sum(o.completion_tokens for o in outs)
+                cut[0] += sum(o.finish_reason == "length" for o in outs)
             seconds[kind] = time.perf_counter() - started
             steps = backend.stats.row_steps - steps
             mean = (backend.stats.accepted - accepted) / steps if steps else 0.0
@@ -325,6 +331,7 @@ def main() -> None:
         total = sum(seconds.values())
         return total, tokens, texts, backend.stats, ", ".join(per_kind), seconds
 
+    cut = [0]  # answers of the last run() that hit max_new_tokens
     speedups: dict[str, dict[str, float]] = {}
     batch1_seconds: dict[str, float] = {}  # batch-1 rows, for --reference-dtype
     relaxed_speedups: dict[str, str] = {}  # the other --relaxed settings, batch 1
@@ -373,7 +380,8 @@ def main() -> None:
             batch1_seconds[f"plain {args.dtype}"] = base_s
         print(
             f"batch {batch_size:>2} plain  : {base_tok} tokens {base_s:7.1f}s "
-            f"{base_tok / base_s:6.1f} tok/s",
+            f"{base_tok / base_s:6.1f} tok/s ({cut[0]} of {len(base_texts)} answers hit "
+            "max_new_tokens)",
             flush=True,
         )
         # at batch 1 every budget gives the same drafts (the first only); there each

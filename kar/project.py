@@ -54,7 +54,7 @@ class SpeculativeSettings(_Section):
     """Speculative decoding from the knowledge pool (transformers backend, greedy only)."""
 
     mode: Literal["off", "exact", "relaxed"] = "off"
-    draft_tokens: int = Field(8, ge=1)  # most draft tokens checked per step (tree nodes)
+    draft_tokens: int = Field(5, ge=1)  # most draft tokens checked per step (tree nodes)
     # several pool continuations per step, checked in one pass (false: one draft, a chain)
     draft_tree: bool = True
     min_support: int = Field(1, ge=1)  # earlier answers that must agree past a draft's first token
