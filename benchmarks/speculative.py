@@ -306,14 +306,15 @@ def main() -> None:
         first_support: int | None = None,
         relaxed: tuple[int, float] = relaxed_settings[0],
         shape: tuple[str, int, int] = shapes[0],
-    ) -> tuple[float, int, list[str], SpeculativeStats, str, dict[str, float]]:
+    ) -> tuple[float, int, list[str], SpeculativeStats, str, dict[str, float], int]:
+        """Seconds, tokens, answers, stats, accepted draft per kind, seconds per kind, and
+        how many answers hit max_new_tokens."""
         backend.config = spec_config(
             "relaxed" if mode == "relaxed" else "exact", budget, first_support, relaxed, shape
         )
         backend.stats = SpeculativeStats()
         generate = plain_generate if mode == "plain" else backend.generate
-        texts, tokens, per_kind, seconds = [], 0, [], {}
-        cut[0] = 0
+        texts, tokens, per_kind, seconds, cut = [], 0, [], {}, 0
         for kind in kinds:
             kind_prompts = prompts[kind]
             accepted, steps = backend.stats.accepted, backend.stats.row_steps
@@ -323,15 +324,14 @@ def main() -> None:
                 outs = generate([p.messages for p in chunk], params[kind])
                 texts += [o.text for o in outs]
                 tokens += sum(o.completion_tokens for o in outs)
-                cut[0] += sum(o.finish_reason == "length" for o in outs)
+                cut += sum(o.finish_reason == "length" for o in outs)  # hit max_new_tokens
             seconds[kind] = time.perf_counter() - started
             steps = backend.stats.row_steps - steps
             mean = (backend.stats.accepted - accepted) / steps if steps else 0.0
             per_kind.append(f"{kind} {mean:.2f}")
         total = sum(seconds.values())
-        return total, tokens, texts, backend.stats, ", ".join(per_kind), seconds
+        return total, tokens, texts, backend.stats, ", ".join(per_kind), seconds, cut
 
-    cut = [0]  # answers of the last run() that hit max_new_tokens
     speedups: dict[str, dict[str, float]] = {}
     batch1_seconds: dict[str, float] = {}  # batch-1 rows, for --reference-dtype
     relaxed_speedups: dict[str, str] = {}  # the other --relaxed settings, batch 1
@@ -362,7 +362,7 @@ def main() -> None:
         )
         base_s, base_texts = plain_users
         for mode in ("exact", "relaxed"):
-            secs, tok, texts, stats, by_kind, _ = run(mode, 1, budgets[0], kinds=(KIND_USER,))
+            secs, tok, texts, stats, by_kind, *_ = run(mode, 1, budgets[0], kinds=(KIND_USER,))
             same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
             print(
                 f"refresh, batch 1, users {mode:<7}: {tok} tokens {secs:7.1f}s "
@@ -373,14 +373,14 @@ def main() -> None:
             )
 
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        base_s, base_tok, base_texts, _, _, base_kinds = run("plain", batch_size, budgets[0])
+        base_s, base_tok, base_texts, _, _, base_kinds, cut = run("plain", batch_size, budgets[0])
         if batch_size == 1:
             plain_batch1 = (base_kinds[KIND_USER], base_texts[: len(prompts[KIND_USER])])
             plain_batch1_texts = base_texts
             batch1_seconds[f"plain {args.dtype}"] = base_s
         print(
             f"batch {batch_size:>2} plain  : {base_tok} tokens {base_s:7.1f}s "
-            f"{base_tok / base_s:6.1f} tok/s ({cut[0]} of {len(base_texts)} answers hit "
+            f"{base_tok / base_s:6.1f} tok/s ({cut} of {len(base_texts)} answers hit "
             "max_new_tokens)",
             flush=True,
         )
@@ -407,7 +407,7 @@ def main() -> None:
             speedups[label] = {}
             use_neighbours(source)
             for mode in ("exact", "relaxed"):
-                secs, tok, texts, stats, by_kind, _ = run(
+                secs, tok, texts, stats, by_kind, *_ = run(
                     mode, batch_size, budget, first_support=first_support, shape=shape
                 )
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
@@ -433,7 +433,7 @@ def main() -> None:
         if batch_size == 1:
             budget, first_support, source, _ = variants[0]
             for top_k, min_prob in relaxed_settings[1:]:
-                secs, tok, texts, stats, by_kind, _ = run(
+                secs, tok, texts, stats, by_kind, *_ = run(
                     "relaxed", 1, budget, first_support=first_support, relaxed=(top_k, min_prob)
                 )
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
