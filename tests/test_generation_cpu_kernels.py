@@ -39,6 +39,29 @@ def test_packed_linear_computes_the_linear_layer(dtype, rows: int) -> None:
 
 
 @needs_onednn
+def test_one_float32_row_uses_the_plain_weight_and_more_rows_the_packed_one() -> None:
+    """A one-token step at batch 1 in float32 goes to MKL over the plain weight (faster on
+    some CPUs); wider float32 inputs and bf16 go to oneDNN over the packed weight. Shown by
+    packing a zeroed weight, then filling the plain one: only the routed calls see it."""
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        linear = torch.nn.Linear(96, 160).to(dtype)
+        with torch.no_grad():
+            saved = linear.weight.clone()
+            linear.weight.zero_()
+            packed = PackedLinear(linear)  # packs the zeroed weight
+            linear.weight.copy_(saved)  # the plain weight (shared) has the real values
+        one, two = torch.randn(1, 1, 96, dtype=dtype), torch.randn(1, 2, 96, dtype=dtype)
+        with torch.inference_mode():
+            bias_only = linear.bias.expand(1, 2, 160)
+            assert torch.equal(packed(two), bias_only)  # the packed (zeroed) weight
+            if dtype == torch.float32:
+                assert torch.equal(packed(one), linear(one))
+            else:
+                assert torch.equal(packed(one), bias_only[:, :1])
+
+
+@needs_onednn
 def test_pack_replaces_only_cpu_linear_layers() -> None:
     model = torch.nn.Sequential(
         torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(8, 4))
