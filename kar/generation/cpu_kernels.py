@@ -3,9 +3,10 @@ grouped-query attention without copying the KV cache.
 
 Both matter most for speculative decoding, whose verification pass feeds a few tokens per
 row at once. With PyTorch's default float32 kernels (MKL ``sgemm``, which repacks each
-weight matrix on every call) a pass of 2..9 tokens cost 1.5-2.2x a one-token step here;
-over weights reordered once at load for oneDNN's linear (what PyTorch's own inductor does
-when it freezes a model) it costs 0.9-1.2x (``benchmarks/cpu_kernels.py``). And
+weight matrix on every call) a pass of 2..9 tokens cost 1.5-2.2x a one-token step on an
+AMD Zen 4; over weights reordered once at load for oneDNN's linear (what PyTorch's own
+inductor does when it freezes a model) it costs 0.9-1.2x there, and 1.3-1.7x (PyTorch's:
+1.2-2.3x) on an Intel Xeon (``benchmarks/cpu_kernels.py``). And
 transformers' ``sdpa`` attention repeats the key/value heads (a copy of the whole cache,
 every layer) whenever a mask is passed, which a verification pass always does; PyTorch's
 CPU ``scaled_dot_product_attention`` takes ``enable_gqa=True`` with a mask, so no copy is
