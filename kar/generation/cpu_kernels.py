@@ -26,8 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# rows a packed weight is laid out for: verification passes hold 2..16 tokens, and a
-# one-token step is as fast with this layout as with PyTorch's default (benchmarks/)
+# rows a packed weight is laid out for: verification passes hold 2..16 tokens (a single
+# float32 row skips the packed weight: see PackedLinear.forward)
 PACK_ROWS_HINT = 16
 CPU_GQA_ATTENTION = "kar_cpu_gqa_sdpa"
 
