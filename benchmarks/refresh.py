@@ -83,7 +83,7 @@ def main() -> None:
     from kar.models.inputs import CTRFeatures
     from kar.models.train import evaluate, train_ctr
     from kar.pipeline import adaptor_config, answer_prompts, init_project, make_encoder
-    from kar.project import Project
+    from kar.project import ProjectFolder
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
     from kar.prompts.collective import build_cluster_prompts
     from kar.refresh import refresh
@@ -103,7 +103,7 @@ def main() -> None:
     s.generation.max_new_tokens_user = s.generation.max_new_tokens_item = args.tokens
     s.generation.truncated, s.generation.max_retries = "accept", 0
     project.save()
-    project = Project.load(project.root)
+    project = ProjectFolder.load(project.root)
     scenario = Scenario.load("movies", search_dirs=project.prompt_dirs)
     store = KnowledgeStore(project.knowledge_store_url)
     print(

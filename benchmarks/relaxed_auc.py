@@ -132,13 +132,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return shard, shards
 
 
-def make_project(args: argparse.Namespace, name: str):  # noqa: ANN201 (kar.project.Project)
+def make_project(args: argparse.Namespace, name: str):  # noqa: ANN201 (kar.project.ProjectFolder)
     """The ``pool``, ``plain`` or ``relaxed`` project under ``--work`` (made on first use)."""
     from kar.features import init_feature_repo
     from kar.generation.store import copy_sqlite_store
-    from kar.project import CONFIG_FILE, Project
+    from kar.project import CONFIG_FILE, ProjectFolder
 
-    pool = Project.load(args.pool)
+    pool = ProjectFolder.load(args.pool)
     root = args.work / name
     if not (root / CONFIG_FILE).exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -162,21 +162,21 @@ def make_project(args: argparse.Namespace, name: str):  # noqa: ANN201 (kar.proj
     gen.batch_size = args.relaxed_batch if name == "relaxed" else args.plain_batch
     settings.training.eval_backbones = args.backbones.split(",")
     settings.training.eval_seeds = list(range(args.seeds))
-    project = Project(root, settings)
+    project = ProjectFolder(root, settings)
     if not project.feature_repo.exists():
         init_feature_repo(project.feature_repo, project=settings.features.project)
     project.save()
     return project
 
 
-def paired_differences(plain, relaxed) -> dict[str, str]:  # noqa: ANN001 (Project)
+def paired_differences(plain, relaxed) -> dict[str, str]:  # noqa: ANN001 (ProjectFolder)
     """Per backbone, relaxed minus plain test AUC of the same seed (with knowledge), from
     each project's last ``results.csv``: "mean ± sd (min, max), standard error"."""
     import polars as pl
 
     def runs(project) -> pl.DataFrame:  # noqa: ANN001
         frame = pl.read_csv(project.reports_dir / "results.csv")
-        return frame.filter(pl.col("knowledge")).select("backbone", "seed", "test_auc")
+        return frame.filter(pl.col("arm") == "knowledge").select("backbone", "seed", "test_auc")
 
     joined = runs(relaxed).join(runs(plain), on=["backbone", "seed"], suffix="_plain")
     diffs = joined.with_columns(diff=pl.col("test_auc") - pl.col("test_auc_plain"))
@@ -191,7 +191,7 @@ def paired_differences(plain, relaxed) -> dict[str, str]:  # noqa: ANN001 (Proje
     return out
 
 
-def share_runs_without_knowledge(source, target) -> int:  # noqa: ANN001 (Project)
+def share_runs_without_knowledge(source, target) -> int:  # noqa: ANN001 (ProjectFolder)
     """Append ``source``'s logged runs without knowledge to ``target``'s run log, so its
     evaluation reuses them (they train on the same data: the logs' fingerprints say so)
     instead of training them again. Returns how many lines were appended."""
@@ -210,7 +210,7 @@ def share_runs_without_knowledge(source, target) -> int:  # noqa: ANN001 (Projec
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # cut short by a kill
-        if isinstance(row, dict) and row.get("knowledge") is False and line not in have:
+        if isinstance(row, dict) and row.get("arm") == "none" and line not in have:
             lines.append(line + "\n")
     target_log.parent.mkdir(parents=True, exist_ok=True)
     with target_log.open("a", encoding="utf-8") as fh:
@@ -255,7 +255,8 @@ def evaluate(projects: dict) -> None:
 
     def auc(name: str, backbone: str, knowledge: bool = True) -> tuple[float, float]:
         frame = summaries[name]
-        row = frame.filter((frame["knowledge"] == knowledge) & (frame["backbone"] == backbone))
+        arm = "knowledge" if knowledge else "none"
+        row = frame.filter((frame["arm"] == arm) & (frame["backbone"] == backbone))
         return float(row["auc_mean"][0]), float(row["auc_std"][0])
 
     paired = paired_differences(projects["plain"], projects["relaxed"])
@@ -272,7 +273,7 @@ def evaluate(projects: dict) -> None:
     print(rule)
     changes = []
     plain = summaries["plain"]
-    for backbone in plain.filter(plain["knowledge"])["backbone"].to_list():
+    for backbone in plain.filter(plain["arm"] == "knowledge")["backbone"].to_list():
         (p, p_sd), (r, r_sd) = (auc(n, backbone) for n in ("plain", "relaxed"))
         changes.append(r - p)
         line = (

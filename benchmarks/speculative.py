@@ -2,8 +2,7 @@
 
     python benchmarks/speculative.py [--prompts 64] [--max-new-tokens 0] [--batch-sizes 1,16]
         [--pool-db STORE] [--step-token-budget 16,48] [--refresh-new 3]
-        [--draft-shapes tree:15:1,chain:8:2] [--min-first-support 1,2]
-        [--neighbours none,text] [--relaxed 3:0.1,2:0.3]
+        [--draft-shapes tree:15:1,chain:8:2] [--relaxed 3:0.1,2:0.3]
         [--dtype bfloat16 --reference-dtype float32] [--cpu-kernels off]
         [--reference-default-kernels]
 
@@ -14,10 +13,8 @@ written), topped up to ``--pool-min`` answers per kind by plain greedy generatio
 other entities (not timed). Then, in one process on one loaded model, at each batch size:
 plain greedy (``TransformersBackend.generate``), exact and relaxed speculative decoding on
 the same prompts (at batch > 1 once per ``--step-token-budget``; at batch 1 once per
-``--min-first-support``, once more per extra ``--draft-shapes`` entry, SHAPE:DRAFT_TOKENS:
-MIN_SUPPORT with SHAPE tree (several continuations in one pass) or chain (one draft), and
-once more per extra ``--neighbours`` source: ``text`` weighs the answers of the TF-IDF
-nearest entities by prompt context). Then the refresh rows:
+``--draft-shapes`` entry, SHAPE:DRAFT_TOKENS:MIN_SUPPORT with SHAPE tree (several
+continuations in one pass) or chain (one draft)). Then the refresh rows:
 batch 1, user prompts, with each target user's previous answer (made before their last
 ``--refresh-new`` rated films) added to the pool. ``--relaxed`` lists relaxed acceptance
 settings (top_k:min_prob): the first runs everywhere, the others once each at batch 1.
@@ -100,18 +97,6 @@ def main() -> None:
         "their last N rated films, joins the pool (0: skip)",
     )
     parser.add_argument(
-        "--min-first-support",
-        default="1",
-        help="earlier answers that must agree on a draft's first token; comma-separated "
-        "values each run at batch 1 (the first is the headline)",
-    )
-    parser.add_argument(
-        "--neighbours",
-        default="none",
-        help="similar entities' answers weigh more: none or text; each source after the "
-        "first adds batch-1 rows (with the first --min-first-support)",
-    )
-    parser.add_argument(
         "--relaxed",
         default="3:0.1",
         help="relaxed acceptance as TOP_K:MIN_PROB, comma-separated: the first runs in every "
@@ -177,20 +162,13 @@ def main() -> None:
 
     budgets = [int(b) for b in args.step_token_budget.split(",")]
 
-    first_supports = [int(v) for v in args.min_first_support.split(",")]
-    sources = args.neighbours.split(",")
-    if set(sources) - {"none", "text"}:
-        parser.error(f"--neighbours: none or text, got {args.neighbours}")
-
     def spec_config(
         mode: str,
         budget: int,
-        first_support: int | None = None,
         relaxed: tuple[int, float] = relaxed_settings[0],
         shape: tuple[str, int, int] = shapes[0],
     ) -> SpeculativeConfig:
         return SpeculativeConfig(
-            min_first_support=first_supports[0] if first_support is None else first_support,
             mode=mode,  # type: ignore[arg-type]
             draft_tree=shape[0] == "tree",
             draft_tokens=shape[1],
@@ -239,8 +217,7 @@ def main() -> None:
                 continue
             pooled[kind].append(row["entity_id"])
             ended = row["finish_reason"] in ("stop", "trimmed")
-            pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended,
-                     row["context_text"] or "")  # fmt: skip
+            pool.add(row["scenario"], kind, row["entity_id"], row["answer"], ended)
         print(f"pool from {args.pool_db}: {skipped_films} answers about target films left out")
     # ... topped up by plain greedy answers for yet other entities (not timed)
     plain_generate = super(SpeculativeTransformersBackend, backend).generate
@@ -276,15 +253,6 @@ def main() -> None:
         prompts[kind].sort(key=lambda p: len(backend.render(p.messages)))  # as the runner does
         pool.register(prompts[kind])
     backend.pool = pool
-    text_neighbours = {}
-    if "text" in sources:
-        pool.use_text_neighbours([p for kind in prompts for p in prompts[kind]])
-        text_neighbours = dict(pool.neighbours_by_kind)
-
-    def use_neighbours(source: str) -> None:
-        pool.neighbours_by_kind = dict(text_neighbours) if source == "text" else {}
-
-    use_neighbours(sources[0])
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
         f"torch {torch.__version__}, 1 thread, {args.dtype}, CPU kernels {args.cpu_kernels}; "
@@ -292,8 +260,7 @@ def main() -> None:
         f"{args.prompts} item, max_new_tokens {params[KIND_USER].max_new_tokens} user / "
         f"{params[KIND_ITEM].max_new_tokens} item, drafts "
         f"{args.draft_shapes} (shape:draft_tokens:min_support; min_share {args.min_share}, "
-        f"min_first_support {args.min_first_support}, step_token_budget "
-        f"{args.step_token_budget}, neighbours {args.neighbours}), "
+        f"step_token_budget {args.step_token_budget}), "
         f"relaxed top_k:min_prob {args.relaxed}"
     )
     print("command: python benchmarks/speculative.py " + " ".join(sys.argv[1:]))
@@ -303,14 +270,13 @@ def main() -> None:
         batch_size: int,
         budget: int,
         kinds: tuple[str, ...] = (KIND_USER, KIND_ITEM),
-        first_support: int | None = None,
         relaxed: tuple[int, float] = relaxed_settings[0],
         shape: tuple[str, int, int] = shapes[0],
     ) -> tuple[float, int, list[str], SpeculativeStats, str, dict[str, float], int]:
         """Seconds, tokens, answers, stats, accepted draft per kind, seconds per kind, and
         how many answers hit max_new_tokens."""
         backend.config = spec_config(
-            "relaxed" if mode == "relaxed" else "exact", budget, first_support, relaxed, shape
+            "relaxed" if mode == "relaxed" else "exact", budget, relaxed, shape
         )
         backend.stats = SpeculativeStats()
         generate = plain_generate if mode == "plain" else backend.generate
@@ -385,31 +351,19 @@ def main() -> None:
             flush=True,
         )
         # at batch 1 every budget gives the same drafts (the first only); there each
-        # min_first_support runs, then each extra neighbour source (first support)
+        # draft shape runs instead
         if batch_size > 1:
-            variants = [(b, first_supports[0], sources[0], shapes[0]) for b in budgets]
+            variants = [(b, shapes[0]) for b in budgets]
         else:
-            variants = [(budgets[0], m, sources[0], shapes[0]) for m in first_supports]
-            variants += [(budgets[0], first_supports[0], sources[0], sh) for sh in shapes[1:]]
-            variants += [(budgets[0], first_supports[0], src, shapes[0]) for src in sources[1:]]
-        for budget, first_support, source, shape in variants:
+            variants = [(budgets[0], shape) for shape in shapes]
+        for budget, shape in variants:
             label = f"batch {batch_size}, budget {budget}"
-            if batch_size == 1 and (first_support, source, shape) != (
-                first_supports[0],
-                sources[0],
-                shapes[0],
-            ):
-                label += (
-                    f", min_first_support {first_support}, neighbours {source}, "
-                    f"{shape[0]} {shape[1]} tokens min_support {shape[2]}"
-                )
+            if batch_size == 1 and shape != shapes[0]:
+                label += f", {shape[0]} {shape[1]} tokens min_support {shape[2]}"
             per_row = spec_config("exact", budget, shape=shape).drafts_per_row(batch_size)
             speedups[label] = {}
-            use_neighbours(source)
             for mode in ("exact", "relaxed"):
-                secs, tok, texts, stats, by_kind, *_ = run(
-                    mode, batch_size, budget, first_support=first_support, shape=shape
-                )
+                secs, tok, texts, stats, by_kind, *_ = run(mode, batch_size, budget, shape=shape)
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
                 speedups[label][mode] = base_s / secs
                 # prefill: the prompts' passes, the same in every mode; no draft shortens it
@@ -429,12 +383,11 @@ def main() -> None:
                     f"({by_kind}), identical to greedy {same}/{len(texts)}",
                     flush=True,
                 )
-        use_neighbours(sources[0])
         if batch_size == 1:
-            budget, first_support, source, _ = variants[0]
+            budget, _ = variants[0]
             for top_k, min_prob in relaxed_settings[1:]:
                 secs, tok, texts, stats, by_kind, *_ = run(
-                    "relaxed", 1, budget, first_support=first_support, relaxed=(top_k, min_prob)
+                    "relaxed", 1, budget, relaxed=(top_k, min_prob)
                 )
                 same = sum(a == b for a, b in zip(base_texts, texts, strict=True))
                 label = f"batch 1, relaxed top_k {top_k} min_prob {min_prob:g}"

@@ -4,7 +4,7 @@
         [--dtype float32] [--max-new-tokens 64] [--spec-tokens 8]
 
 Needs ``arctic-inference`` (vLLM's suffix method imports its suffix tree; no wheel for
-this machine: build the sdist, see docs/benchmarks.md). Suffix decoding drafts from a
+this machine: build the sdist, see docs/speculative.md). Suffix decoding drafts from a
 suffix tree over the engine's earlier responses (up to 10,000 cached requests) and the
 prompt: vLLM's counterpart of DARE's knowledge pool. On the same MovieLens-100K prompts as
 ``benchmarks/speculative.py`` (the first ``--prompts`` users and items), it times plain
@@ -47,7 +47,7 @@ def main() -> None:
     try:
         import arctic_inference.suffix_decoding  # noqa: F401
     except ImportError as exc:
-        sys.exit(f"vLLM's suffix decoding needs arctic-inference ({exc}): see docs/benchmarks.md")
+        sys.exit(f"vLLM's suffix decoding needs arctic-inference ({exc}): see docs/speculative.md")
     import vllm
 
     from kar.data import load_movielens, make_time_split

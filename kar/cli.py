@@ -1,20 +1,31 @@
-"""The ``kar`` command: a thin typer layer over :mod:`kar.pipeline`."""
+"""The ``kar`` command: a thin typer layer over :class:`kar.Project` (:mod:`kar.facade`);
+all printing happens here."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from kar.cli_helpers import PROJECT_DIR, console, guard, open_project
 from kar.data.demo import DEMO_USERS
+from kar.embedding.cli import embed_app
+from kar.embedding.cli import register as register_embedding_commands
 from kar.exports.cli import export as export_command
 from kar.features.cli import register as register_feature_commands
+from kar.generation.cli import knowledge_app
 from kar.models.cli import models_app
 from kar.refresh.cli import refresh_app
+
+if TYPE_CHECKING:
+    from kar.encoding import EntityVectors
+    from kar.facade import Project
+    from kar.generation import GenerationReport
+    from kar.models.train import TrainResult
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -38,35 +49,10 @@ app.add_typer(features_app, name="features")
 register_feature_commands(features_app)  # kar/features/cli.py (issue 5)
 app.add_typer(refresh_app, name="refresh")  # kar/refresh/cli.py (issue 6)
 app.add_typer(models_app, name="models")  # kar/models/cli.py (issue 4)
+app.add_typer(knowledge_app, name="knowledge")  # kar/generation/cli.py (issue 21)
 app.command("export")(export_command)  # kar/exports/cli.py (issue 4)
-console = Console()
-
-ProjectDir = typer.Option(Path("."), "--project", "-p", help="Project folder (with kar.yaml).")
-
-
-def _project(root: Path):
-    from kar.project import Project
-
-    return Project.load(root)
-
-
-def _on_project(stage, root: Path, **kwargs):
-    """Load the project at ``root`` and run ``stage`` on it, with kar's error handling."""
-    return _run(lambda: stage(_project(root), **kwargs))
-
-
-def _run(fn, *args, **kwargs):
-    """Call a stage; turn kar's errors into one red line and exit code 1."""
-    from kar.errors import KarError
-
-    try:
-        return fn(*args, **kwargs)
-    except KarError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt as exc:
-        console.print("[yellow]interrupted[/yellow]: finished work is saved; rerun to resume.")
-        raise typer.Exit(130) from exc
+app.add_typer(embed_app, name="embed")  # kar/embedding/cli.py (issue 23)
+register_embedding_commands(features_app)  # `kar features similar` (issue 23)
 
 
 @app.command()
@@ -75,17 +61,22 @@ def init(
     users: int = typer.Option(DEMO_USERS, help="Number of synthetic demo users."),
     seed: int = typer.Option(0, help="Seed of the synthetic demo users."),
     force: bool = typer.Option(False, help="Overwrite an existing kar.yaml."),
+    demo: str = typer.Option(
+        "standard",
+        help="Demo variant: standard | grounded (items get a description) | oracle (the "
+        "films' hidden traits in words imported as item knowledge). docs/data.md",
+    ),
 ) -> None:
     """Create a project: demo dataset, scenario prompts, adaptor configs, Feast repository."""
-    from kar.pipeline import init_project
+    from kar.facade import Project
 
-    project = _run(init_project, directory, n_users=users, seed=seed, force=force)
+    project = guard(Project.init, directory, n_users=users, seed=seed, force=force, demo=demo)
     console.print(f"created kar project in [bold]{project.root}[/bold] (settings: kar.yaml)")
 
 
 @app.command()
 def generate(
-    project: Path = ProjectDir,
+    project: Path = PROJECT_DIR,
     limit: int = typer.Option(None, help="At most this many prompts per kind (for a trial)."),
     backend: str = typer.Option(
         None, help="For this run: transformers | vllm | openai (default: kar.yaml's)."
@@ -95,36 +86,23 @@ def generate(
     ),
 ) -> None:
     """Ask the LLM the user-preference and item-fact questions (resumable)."""
-    from kar.pipeline import run_generate
+    proj = open_project(project)
+    reports = guard(proj.generate, limit=limit, backend=backend, speculative=speculative)
+    _print_generation(reports)
 
-    def with_overrides(proj, **kwargs):
-        gen = proj.settings.generation.model_dump()
-        if backend is not None:
-            gen["backend"] = backend
-        if speculative is not None:
-            gen["speculative"]["mode"] = speculative
-        try:
-            settings = proj.settings.model_validate(
-                {**proj.settings.model_dump(), "generation": gen}
-            )
-        except ValueError as exc:
-            from kar.errors import ConfigError
 
-            raise ConfigError(f"--backend/--speculative: {exc}") from exc
-        proj.settings = settings
-        return run_generate(proj, **kwargs)
-
-    reports = _on_project(with_overrides, project, limit=limit)
+def _print_generation(reports: dict[str, GenerationReport]) -> None:
     for kind, report in reports.items():
         console.print(f"{kind}: {report.summary()}")
 
 
 @app.command()
-def encode(project: Path = ProjectDir) -> None:
+def encode(project: Path = PROJECT_DIR) -> None:
     """Encode the answers into vectors (cached by text hash)."""
-    from kar.pipeline import run_encode
+    _print_encoded(guard(open_project(project).encode))
 
-    vectors = _on_project(run_encode, project)
+
+def _print_encoded(vectors: EntityVectors) -> None:
     console.print(
         f"encoded {vectors.users.height} users and {vectors.items.height} items "
         f"into {vectors.dim}-dim vectors ({vectors.encoder_id})"
@@ -132,11 +110,12 @@ def encode(project: Path = ProjectDir) -> None:
 
 
 @app.command()
-def train(project: Path = ProjectDir) -> None:
+def train(project: Path = PROJECT_DIR) -> None:
     """Train the hybrid-expert adaptor with a backbone CTR model and export adapted vectors."""
-    from kar.pipeline import run_train
+    _print_trained(guard(open_project(project).train))
 
-    result = _on_project(run_train, project)
+
+def _print_trained(result: TrainResult) -> None:
     console.print(
         f"trained: valid AUC {result.valid_auc:.4f}, test AUC {result.test_auc:.4f} "
         f"(best epoch {result.best_epoch})"
@@ -144,46 +123,93 @@ def train(project: Path = ProjectDir) -> None:
 
 
 @app.command()
-def publish(project: Path = ProjectDir) -> None:
+def publish(project: Path = PROJECT_DIR) -> None:
     """Publish the adapted vectors to Feast (offline Parquet, apply, materialise online)."""
-    from kar.pipeline import run_publish
-
-    report = _on_project(run_publish, project)
+    report = guard(open_project(project).publish)
     console.print(f"published {report.summary()}")
 
 
 @app.command()
 def evaluate(
-    project: Path = ProjectDir,
+    project: Path = PROJECT_DIR,
     seeds: int = typer.Option(None, help="Number of seeds (default: kar.yaml)."),
 ) -> None:
     """AUC / LogLoss of each backbone with and without knowledge; markdown table + PNG."""
-    from kar.pipeline import run_evaluate
-
-    summary, md, png = _on_project(
-        run_evaluate, project, seeds=list(range(seeds)) if seeds else None
-    )
-    console.print(md.read_text(), markup=False)
-    console.print(f"report: {md}\nplot:   {png}")
+    proj = open_project(project)
+    report = guard(proj.evaluate, seeds=list(range(seeds)) if seeds else None)
+    console.print(report.markdown.read_text(), markup=False)
+    console.print(f"report: {report.markdown}\nplot:   {report.plot}")
 
 
 @app.command()
 def quickstart(
     directory: Path = typer.Argument(Path("."), help="Folder for the demo project."),
     users: int = typer.Option(DEMO_USERS, help="Number of synthetic demo users."),
+    oracle: bool = typer.Option(
+        False, help="The oracle demo: item knowledge = the films' hidden traits in words."
+    ),
 ) -> None:
     """Every stage on the demo: init, generate, encode, train, publish, evaluate, online read."""
-    from kar.pipeline import run_quickstart
+    from kar.facade import Project
+    from kar.project import CONFIG_FILE
 
-    _run(run_quickstart, directory, n_users=users, console=console)
+    if (directory / CONFIG_FILE).exists():
+        project = open_project(directory)
+        console.rule("[bold]kar quickstart[/bold]: resuming the project in " + str(project.root))
+        if oracle and project.settings.name != "kar-demo-oracle":
+            console.print("[yellow]--oracle ignored[/yellow]: this project exists already")
+    else:
+        console.rule("[bold]kar quickstart[/bold] 1/6 init")
+        demo = "oracle" if oracle else "standard"
+        project = guard(Project.init, directory, n_users=users, demo=demo)
+        console.print(f"demo project (synthetic users, real film facts) in {project.root}")
+        if oracle:
+            console.print(
+                "oracle variant: item knowledge = each film's hidden traits in words "
+                "(imported, not asked of the LLM)"
+            )
+    guard(_quickstart_stages, project)
+
+
+def _quickstart_stages(project: Project) -> None:
+    """Steps 2-6 of ``kar quickstart``, each printed as it finishes."""
+    import json
+
+    from kar.features import list_knowledge_views
+    from kar.pipeline import TIMINGS_FILE
+
+    console.rule("2/6 generate: the LLM reasons about users and states item facts")
+    _print_generation(project.generate())
+    console.rule("3/6 encode")
+    _print_encoded(project.encode())
+    console.rule("4/6 train the hybrid-expert adaptor jointly with a CTR model")
+    _print_trained(project.train())
+    console.rule("5/6 publish to Feast")
+    console.print("published " + project.publish().summary())
+    views = list_knowledge_views(project.folder.feature_repo)
+    console.print("feature views: " + ", ".join(v["name"] for v in views))
+    user_id = project.split.test["user_id"][0]
+    item_ids = project.split.test["item_id"].unique(maintain_order=True).head(5).to_list()
+    batch = project.online().get(user_id, item_ids)
+    console.print(
+        f"online read: user {user_id} -> vector of {batch.user.shape[0]} floats "
+        f"(missing={batch.user_missing}); {len(item_ids)} items -> {batch.items.shape}"
+    )
+    console.rule("6/6 evaluate: with vs without knowledge")
+    report = project.evaluate()
+    console.print(report.markdown.read_text(), markup=False)
+    console.print(f"plot: {report.plot}")
+    timings = json.loads((project.folder.artifacts / TIMINGS_FILE).read_text())
+    console.print("wall time per stage (s): " + json.dumps(timings))
 
 
 @features_app.command("list")
-def features_list(project: Path = ProjectDir) -> None:
+def features_list(project: Path = PROJECT_DIR) -> None:
     """List the knowledge feature views of the project's Feast repository."""
     from kar.features import list_knowledge_views
 
-    views = _on_project(lambda p: list_knowledge_views(p.feature_repo), project)
+    proj = open_project(project)
+    views = guard(list_knowledge_views, proj.folder.feature_repo)
     table = Table("feature view", "entities", "features", "tags")
     for view in views:
         table.add_row(
@@ -199,12 +225,11 @@ def features_list(project: Path = ProjectDir) -> None:
 def features_online(
     user_id: str = typer.Argument(..., help="User id."),
     item_ids: list[str] = typer.Argument(..., help="Candidate item ids."),
-    project: Path = ProjectDir,
+    project: Path = PROJECT_DIR,
 ) -> None:
     """Read the knowledge vectors of one user and candidate items from the online store."""
-    from kar.features import OnlineKnowledge
-
-    batch = _on_project(lambda p: OnlineKnowledge(p.feature_repo).get(user_id, item_ids), project)
+    proj = open_project(project)
+    batch = guard(lambda: proj.online().get(user_id, item_ids))
     console.print(f"user {user_id}: missing={batch.user_missing} vector[:6]={batch.user[:6]}")
     for item_id, vec, missing in zip(item_ids, batch.items, batch.items_missing, strict=True):
         console.print(f"item {item_id}: missing={bool(missing)} vector[:6]={vec[:6]}")
@@ -218,7 +243,7 @@ def data_fetch(
     """Download a MovieLens dataset from GroupLens (needs network access)."""
     from kar.data import fetch_dataset
 
-    path = _run(fetch_dataset, name, dest)
+    path = guard(fetch_dataset, name, dest)
     console.print(f"downloaded {name} to {path}")
 
 

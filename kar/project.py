@@ -30,6 +30,9 @@ class DatasetSettings(_Section):
     items: str | None = None  # table: items file
     users: str | None = None  # table: users file
     mapping: dict[str, str] = Field(default_factory=dict)  # table: our column -> theirs
+    # items columns of free text quoted into the item-fact prompt (overrides the scenario's
+    # item_text_columns; each must be in the items table); None: the scenario's
+    item_text_columns: list[str] | None = None
 
 
 class SplitSettings(_Section):
@@ -60,15 +63,8 @@ class SpeculativeSettings(_Section):
     min_support: int = Field(1, ge=1)  # earlier answers that must agree past a draft's first token
     top_k: int = Field(3, ge=1)  # relaxed: besides the greedy choice, a draft token in the
     min_prob: float = Field(0.1, ge=0.0, le=1.0)  # model's top_k with this probability is kept
-    step_token_budget: int = Field(16, ge=1)  # rows x (1 + draft) per pass; see speculative.py
+    step_token_budget: int = Field(16, ge=1)  # rows x (1 + draft) per pass (docs/speculative.md)
     pool_limit: int | None = None  # most earlier answers indexed per kind (None: all)
-    # no pool draft unless this many earlier answers agree on its first token (2: fewer,
-    # surer drafts, for where verification costs much more than a step: float32 on CPUs)
-    min_first_support: int = Field(1, ge=1)
-    # similar entities' answers weigh more in a draft: "prompts" = TF-IDF neighbours of the
-    # prompts' context text (a user's rated titles, an item's title/year/genres)
-    neighbours: Literal["none", "prompts"] = "none"
-    neighbours_k: int = Field(10, ge=1)
     # never draft from the entity's own earlier answer (on a refresh it is the best draft)
     exclude_own_answer: bool = False
 
@@ -94,8 +90,18 @@ class OpenAISettings(_Section):
     vllm_extras: bool = True  # send top_k / repetition_penalty (vLLM's extensions)
 
 
+class RaySettings(_Section):
+    """``backend: ray``: vLLM engines on a Ray cluster through Ray Data (``kar[ray]``); the
+    engine options of ``generation.vllm`` apply to them."""
+
+    address: str | None = None  # None: a local Ray on this machine; "auto", "ray://host:10001"
+    concurrency: int = Field(1, ge=1)  # vLLM engines (Ray actors), each on a GPU or CPU bundle
+    batch_size: int = Field(32, ge=1)  # prompts per engine call and per knowledge-store write
+    cpus_per_engine: int = Field(1, ge=1)  # CPUs an engine reserves where there are no GPUs
+
+
 class GenerationSettings(_Section):
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "ray"] = "transformers"
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; or a local HF folder
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     batch_size: int = 16
@@ -113,6 +119,7 @@ class GenerationSettings(_Section):
     speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
 
 class EncodingSettings(_Section):
@@ -123,6 +130,8 @@ class EncodingSettings(_Section):
 
 
 class TrainingSettings(_Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     adaptor: str = "hea"  # experts/<name>.yaml or a path
     backbone: str = "deepfm"  # backbone the published adaptor is trained with
     seed: int = 0
@@ -130,8 +139,22 @@ class TrainingSettings(_Section):
     eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     history_len: int = 20
     # evaluate: pick each backbone's config from a small grid by validation AUC (first
-    # seed), then run every seed with it (kar.models.evaluation.TUNING_GRID)
+    # seed, no knowledge), then run every arm and seed with it (evaluation.TUNING_GRID)
     tune: bool = False
+    # backbone settings, FuxiCTR style: {"default": {...}, "deepfm": {...}, ...}; each
+    # backbone gets "default" overlaid with its own entry (fields of kar.models.config)
+    # (``model_config`` in kar.yaml; the attribute is named otherwise, pydantic owns the name)
+    backbone_configs: dict[str, dict[str, Any]] = Field(default_factory=dict, alias="model_config")
+    # knowledge models start from the same seed's model without knowledge (its validation
+    # score is their epoch 0), so knowledge that does not help costs nothing
+    warm_start: bool = True
+    # evaluate's cold-start slices: test rows whose item / user had fewer interactions
+    cold_threshold: int = Field(5, ge=1)
+
+    def backbone_config(self, backbone: str) -> dict[str, Any]:
+        """The model config of ``backbone``: ``model_config.default`` + its own entry."""
+        configs = self.backbone_configs
+        return {**configs.get("default", {}), **configs.get(backbone, {})}
 
 
 class FeatureSettings(_Section):
@@ -145,6 +168,11 @@ class FeatureSettings(_Section):
     # k-means codebook size of the discrete knowledge codes published beside the vectors
     # (user_knowledge_code / item_knowledge_code); None or 0: no codes
     codebook_size: int | None = Field(64, ge=0)
+    # Feast's batch engine for materialisation (feature_store.yaml's batch_engine, rewritten
+    # at init and publish): local, or ray (Feast's Ray compute engine, kar[ray])
+    batch_engine: Literal["local", "ray"] = "local"
+    # more fields of Feast's engine config, e.g. {ray_address: "ray://head:10001"}
+    batch_engine_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ProjectSettings(_Section):
@@ -159,7 +187,7 @@ class ProjectSettings(_Section):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
 
 
-class Project:
+class ProjectFolder:
     """A project folder: its settings and the paths of each stage's artifacts."""
 
     def __init__(self, root: Path, settings: ProjectSettings) -> None:
@@ -167,7 +195,7 @@ class Project:
         self.settings = settings
 
     @classmethod
-    def load(cls, root: Path | str = ".") -> Project:
+    def load(cls, root: Path | str = ".") -> ProjectFolder:
         root = Path(root)
         path = root / CONFIG_FILE
         if not path.exists():
@@ -185,7 +213,7 @@ class Project:
 
     def save(self) -> Path:
         path = self.root / CONFIG_FILE
-        data = self.settings.model_dump(mode="json")
+        data = self.settings.model_dump(mode="json", by_alias=True)
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         return path
 

@@ -20,12 +20,13 @@ from kar.models.inputs import CTRFeatures
 from kar.models.toydata import simple_time_split, synthetic_dataset, synthetic_knowledge
 from kar.models.train import train_ctr
 
-SMALL = {"max_epochs": 2, "batch_size": 256, "embedding_dim": 8, "mlp_hidden": [32]}
+SMALL = {"max_epochs": 4, "batch_size": 256, "embedding_dim": 8, "mlp_hidden": [32], "lr": 3e-3}
 
 
 @pytest.fixture(scope="module")
 def data():
-    ds, truth = synthetic_dataset(n_users=100, n_items=300, n_rows=3000)
+    # many items, few rows each: the item counters barely know the hidden bit, knowledge does
+    ds, truth = synthetic_dataset(n_users=100, n_items=1500, n_rows=3000)
     users, items = synthetic_knowledge(ds, truth, dim=8, informative=True)
     split = simple_time_split(ds.interactions)
     f = CTRFeatures.build(ds, split, history_len=10, knowledge_users=users, knowledge_items=items)
@@ -103,7 +104,7 @@ def test_ablate_rows_and_table(data):
         ("kinds", "item facts only"),
         ("codes", "vectors + codes (k=4)"),
     } <= set(by)
-    assert by[("reference", "no knowledge")]["rel_auc_gain"] == 0.0
+    assert by[("reference", "no knowledge")]["rel_auc_gain"] == pytest.approx(0.0, abs=1e-12)
     # 'both' is the reference adaptor: the same run, the same number
     assert by[("kinds", "both")]["auc_mean"] == by[("adaptor", "hea")]["auc_mean"]
     # the informative knowledge is in the item vectors: user-only loses it

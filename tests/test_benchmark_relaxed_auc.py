@@ -44,12 +44,12 @@ def test_paired_column_pairs_seeds_of_the_same_backbone(relaxed_auc, tmp_path):
     diffs = {"deepfm": [-0.002, 0.001, -0.005], "din": [0.0004]}
     for project, sign in [(plain, 0), (relaxed, 1)]:
         rows = [
-            {"backbone": backbone, "knowledge": knowledge, "seed": seed,
+            {"backbone": backbone, "arm": arm, "seed": seed,
              # runs without knowledge differ a lot: they must not enter the column
-             "test_auc": 0.7 + sign * d if knowledge else 0.6 + sign * 0.05}
+             "test_auc": 0.7 + sign * d if arm == "knowledge" else 0.6 + sign * 0.05}
             for backbone, ds in diffs.items()
             for seed, d in enumerate(ds)
-            for knowledge in (False, True)
+            for arm in ("none", "knowledge")
         ]  # fmt: skip
         project.reports_dir.mkdir(parents=True)
         pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=sign).write_csv(
@@ -64,25 +64,25 @@ def test_paired_column_pairs_seeds_of_the_same_backbone(relaxed_auc, tmp_path):
 def test_runs_without_knowledge_are_shared_once(relaxed_auc, tmp_path):
     plain, relaxed = project_at(tmp_path / "plain"), project_at(tmp_path / "relaxed")
     assert relaxed_auc.share_runs_without_knowledge(plain, relaxed) == 0  # nothing logged yet
-    fingerprints = {False: "data", True: "data+vectors-a"}
+    fingerprints = {"none": "data", "knowledge": "data+vectors-a", "shuffled": "data+s"}
     log = RunLog(plain.reports_dir / "evaluate_runs.jsonl", fingerprints)
     base = {"test_logloss": 0.6, "valid_auc": 0.7, "best_epoch": 1,
             "seconds_per_epoch": 1.0, "config": "{}"}  # fmt: skip
     for seed in (0, 1):
-        for knowledge in (False, True):
-            log.add({**base, "backbone": "deepfm", "knowledge": knowledge, "seed": seed,
-                     "test_auc": 0.70 + seed / 100 + knowledge / 10})  # fmt: skip
+        for arm in ("none", "knowledge"):
+            log.add({**base, "backbone": "deepfm", "arm": arm, "seed": seed,
+                     "test_auc": 0.70 + seed / 100 + (arm == "knowledge") / 10})  # fmt: skip
     with log.path.open("a") as fh:
-        fh.write('{"backbone": "deepfm", "knowl')  # a line cut short by a kill
+        fh.write('{"backbone": "deepfm", "ar')  # a line cut short by a kill
 
     assert relaxed_auc.share_runs_without_knowledge(plain, relaxed) == 2
     assert relaxed_auc.share_runs_without_knowledge(plain, relaxed) == 0  # not twice
     shared = relaxed.reports_dir / "evaluate_runs.jsonl"
-    assert [json.loads(line)["knowledge"] for line in shared.read_text().splitlines()] == [
-        False,
-        False,
+    assert [json.loads(line)["arm"] for line in shared.read_text().splitlines()] == [
+        "none",
+        "none",
     ]
     # the relaxed project's own vectors: its runs without knowledge come from the log
-    other = RunLog(shared, {False: "data", True: "data+vectors-b"})
-    assert other.get("deepfm", False, 1)["test_auc"] == pytest.approx(0.71)
-    assert other.get("deepfm", True, 0) is None
+    other = RunLog(shared, {"none": "data", "knowledge": "data+vectors-b", "shuffled": "s"})
+    assert other.get("deepfm", "none", 1)["test_auc"] == pytest.approx(0.71)
+    assert other.get("deepfm", "knowledge", 0) is None

@@ -155,11 +155,11 @@ def test_bad_codes_and_repos_without_codes_are_clear_errors(tmp_path: Path) -> N
 def test_refresh_assigns_codes_with_the_saved_codebook(tmp_path: Path) -> None:
     """The refresh stages after encoding (adapt -> codes -> offline part -> push online)
     use the codebook ``kar publish`` saved; new vectors are not clustered afresh."""
-    from kar.project import Project, ProjectSettings
+    from kar.project import ProjectFolder, ProjectSettings
     from kar.refresh.run import assign_codes, write_offline
     from kar.refresh.state import PendingRun
 
-    project = Project(tmp_path / "p", ProjectSettings())
+    project = ProjectFolder(tmp_path / "p", ProjectSettings())
     init_feature_repo(project.feature_repo, vector_dim=DIM, knowledge_codes=True)
     centres = np.eye(3, DIM, dtype=np.float32) * 10  # code c <-> unit axis c - 1
     saved = KnowledgeCodebooks(KnowledgeCodebook(centres), KnowledgeCodebook(centres), size=3)

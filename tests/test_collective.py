@@ -114,7 +114,7 @@ def test_collective_project_makes_far_fewer_llm_calls(tmp_path) -> None:
     from kar.collective.project import load_clustering
     from kar.generation import KnowledgeStore
     from kar.pipeline import build_prompts, init_project, load_data, run_encode, run_generate
-    from kar.project import Project
+    from kar.project import ProjectFolder
 
     torch.set_num_threads(1)
     project = init_project(tmp_path / "p", n_users=40)
@@ -124,7 +124,7 @@ def test_collective_project_makes_far_fewer_llm_calls(tmp_path) -> None:
     gen.collective.user = gen.collective.item = "collective"
     gen.collective.user_clusters, gen.collective.item_clusters = 3, 4
     project.save()
-    project = Project.load(project.root)
+    project = ProjectFolder.load(project.root)
 
     dataset, split = load_data(project)
     individual_calls = len(build_prompts(project, dataset, split))

@@ -9,9 +9,11 @@ import polars as pl
 import pytest
 
 from kar.data.schema import INTERACTION_SCHEMA
-from kar.models.baseline import fit_rate_baseline, rates_before
-from kar.models.evaluation import compare, summarize, write_report
+from kar.models.baseline import fit_rate_baseline
+from kar.models.counters import rates_before
+from kar.models.evaluation import cold_slices, compare, headline_line, summarize, write_report
 from kar.models.inputs import CTRFeatures
+from kar.models.metrics import auc
 
 
 def events(rows: list[tuple[str, str, int, int]]) -> pl.DataFrame:
@@ -67,41 +69,70 @@ def test_baseline_is_leakage_free(features):
     assert again.test_auc != result.test_auc
 
 
+CONFIG = {"max_epochs": 2, "batch_size": 256, "embedding_dim": 8}
+
+
 def test_compare_summarize_and_report(features, tmp_path):
-    results = compare(
-        features,
-        backbones=("deepfm",),
-        seeds=(0, 1),
-        model_config={"max_epochs": 2, "batch_size": 256, "embedding_dim": 8},
-        progress=False,
-    )
-    assert results.height == 2 + 2 * 2  # baseline per seed + (without, with) per seed
+    results = compare(features, backbones=("deepfm",), seeds=(0, 1), model_config=CONFIG,
+                      progress=False)  # fmt: skip
+    assert results.height == 2 + 3 * 2  # baseline per seed + (none, knowledge, shuffled)
     assert set(results["backbone"]) == {"baseline_lr", "deepfm"}
-    assert results.filter(pl.col("backbone") == "deepfm")["knowledge"].sum() == 2
+    deepfm = results.filter(pl.col("backbone") == "deepfm")
+    assert sorted(deepfm["arm"].to_list()) == sorted(2 * ["none", "knowledge", "shuffled"])
     summary = summarize(results)
-    assert summary["backbone"].to_list() == ["baseline_lr", "deepfm", "deepfm"]
-    row = summary.filter(pl.col("knowledge")).row(0, named=True)
-    without = results.filter((pl.col("backbone") == "deepfm") & ~pl.col("knowledge"))
-    with_k = results.filter((pl.col("backbone") == "deepfm") & pl.col("knowledge"))
-    expected_gain = with_k["test_auc"].mean() / without["test_auc"].mean() - 1
-    assert row["rel_auc_gain"] == pytest.approx(expected_gain)
-    assert row["n_seeds"] == 2 and row["auc_std"] == pytest.approx(with_k["test_auc"].std())
+    assert summary["backbone"].to_list() == ["baseline_lr", "deepfm", "deepfm", "deepfm"]
+    assert summary["arm"].to_list() == ["none", "none", "knowledge", "shuffled"]
+
+    def auc_of(arm: str) -> pl.Series:
+        return deepfm.filter(pl.col("arm") == arm)["test_auc"]
+
+    row = summary.filter(pl.col("arm") == "knowledge").row(0, named=True)
+    assert row["gain_vs_none"] == pytest.approx(
+        auc_of("knowledge").mean() / auc_of("none").mean() - 1
+    )
+    assert row["gain_vs_shuffled"] == pytest.approx(
+        auc_of("knowledge").mean() / auc_of("shuffled").mean() - 1
+    )
+    assert row["n_seeds"] == 2 and row["auc_std"] == pytest.approx(auc_of("knowledge").std())
+    shuffled = summary.filter(pl.col("arm") == "shuffled").row(0, named=True)
+    assert shuffled["gain_vs_shuffled"] is None and shuffled["lift_counts"] is None
+    # the synthetic knowledge reveals the label's driver: it beats no knowledge and the control
+    assert row["gain_vs_none"] > 0 and row["gain_vs_shuffled"] > 0
     md, png = write_report(results, tmp_path / "report", "Synthetic lift", "kar eval --demo")
     text = md.read_text()
-    assert "| backbone | knowledge | AUC mean ± std | LogLoss mean ± std | n seeds" in text
-    assert "kar eval --demo" in text and "| deepfm | yes |" in text and "baseline_lr" in text
+    assert "| backbone | arm | AUC mean ± std | LogLoss mean ± std | n seeds | vs none" in text
+    assert "kar eval --demo" in text and "| deepfm | knowledge |" in text
+    assert "| deepfm | shuffled |" in text and "baseline_lr" in text
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "report" / "results.csv").is_file()
+    line = headline_line(summary)
+    assert line.startswith("backbones_above_baseline: ") and "/1 info_gain_mean: " in line
+
+
+def test_cold_slices_count_history_and_train_interactions(features):
+    probs = np.linspace(0, 1, features.samples["test"].height)
+    fit = features.events.join(
+        pl.concat([features.samples[s] for s in ("valid", "test")]),
+        on=["user_id", "item_id", "timestamp"], how="anti",
+    )  # fmt: skip
+    seen = dict(fit.group_by("item_id").len().iter_rows())
+    cold = np.array([seen.get(i, 0) < 10 for i in features.samples["test"]["item_id"]])
+    out = cold_slices(features, probs, threshold=10)
+    assert out["n_cold_item"] == cold.sum() > 0
+    labels = features.samples["test"]["label"].to_numpy()
+    assert out["cold_item_auc"] == pytest.approx(auc(labels[cold], probs[cold]))
+    assert cold_slices(features, probs, threshold=10**9)["n_cold_user"] == len(probs)
 
 
 def test_finished_runs_are_logged_and_skipped_on_a_rerun(features, tmp_path, monkeypatch):
     runs = tmp_path / "runs.jsonl"
-    config = {"max_epochs": 1, "batch_size": 256, "embedding_dim": 8}
+    config = {**CONFIG, "max_epochs": 1}
     first = compare(features, ("deepfm",), (0,), model_config=config, progress=False,
                     runs_file=runs, fingerprint="vectors-a")  # fmt: skip
-    assert len(runs.read_text().splitlines()) == 2  # without and with knowledge
+    assert len(runs.read_text().splitlines()) == 3  # none, knowledge, shuffled
+    assert len(list((tmp_path / "warm_start").glob("*.pt"))) == 1  # the none model, kept
     with runs.open("a") as fh:
-        fh.write('{"backbone": "deepfm", "knowl')  # a line cut short by a kill
+        fh.write('{"backbone": "deepfm", "ar')  # a line cut short by a kill
 
     import kar.models.train as train
 
@@ -128,8 +159,7 @@ def test_new_knowledge_vectors_retrain_only_the_runs_with_knowledge(
     features, tmp_path, monkeypatch
 ):
     runs = tmp_path / "runs.jsonl"
-    config = {"max_epochs": 1, "batch_size": 256, "embedding_dim": 8}
-    common = {"model_config": config, "progress": False, "runs_file": runs}
+    common = {"model_config": {**CONFIG, "max_epochs": 1}, "progress": False, "runs_file": runs}
     first = compare(features, ("deepfm",), (0, 1), **common, fingerprint="data",
                     knowledge_fingerprint="vectors-a")  # fmt: skip
 
@@ -140,16 +170,31 @@ def test_new_knowledge_vectors_retrain_only_the_runs_with_knowledge(
     def train_with_knowledge_only(feats, backbone, model_config, adaptor, **kwargs):
         if adaptor is None:
             raise AssertionError("a run without knowledge was trained again")
+        assert kwargs["init_state"] is not None  # warm-started from the kept none model
         trained.append(kwargs["seed"])
         return real_train(feats, backbone, model_config, adaptor, **kwargs)
 
     monkeypatch.setattr(train, "train_ctr", train_with_knowledge_only)
     again = compare(features, ("deepfm",), (0, 1), **common, fingerprint="data",
                     knowledge_fingerprint="vectors-b")  # fmt: skip
-    assert sorted(trained) == [0, 1]  # the runs with knowledge, once per seed
-    without = (pl.col("backbone") == "deepfm") & ~pl.col("knowledge")
-    assert again.filter(without).equals(first.filter(without))
+    assert sorted(trained) == [0, 0, 1, 1]  # knowledge and shuffled, once per seed
+    none = (pl.col("backbone") == "deepfm") & (pl.col("arm") == "none")
+    assert again.filter(none).equals(first.filter(none))
     # other data (another fingerprint) retrains the runs without knowledge too
     with pytest.raises(AssertionError, match="without knowledge was trained again"):
         compare(features, ("deepfm",), (0,), **common, fingerprint="other-data",
                 knowledge_fingerprint="vectors-b")  # fmt: skip
+
+
+def test_useless_knowledge_costs_nothing_with_a_warm_start(features):
+    """The shuffled control starts at the no-knowledge model and keeps it unless validation
+    improves, so on test it stays close to no knowledge."""
+    results = compare(features, ("deepfm",), (0,), model_config=CONFIG, progress=False,
+                      arms=("none", "shuffled"))  # fmt: skip
+    by_arm = {r["arm"]: r for r in results.filter(pl.col("backbone") == "deepfm").iter_rows(
+        named=True)}  # fmt: skip
+    assert set(by_arm) == {"none", "shuffled"}
+    none, shuffled = by_arm["none"], by_arm["shuffled"]
+    assert shuffled["valid_auc"] >= none["valid_auc"]  # epoch 0 is the none model itself
+    if shuffled["best_epoch"] == 0:
+        assert shuffled["test_auc"] == pytest.approx(none["test_auc"], abs=1e-6)

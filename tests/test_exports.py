@@ -136,10 +136,10 @@ def test_bad_input_is_named(tmp_path, knowledge):
 
 def test_cli_export_with_codes(tmp_path, knowledge):
     from kar.cli import app
-    from kar.project import Project, ProjectSettings
+    from kar.project import ProjectFolder, ProjectSettings
 
     users, items, _ = knowledge
-    project = Project(tmp_path, ProjectSettings())
+    project = ProjectFolder(tmp_path, ProjectSettings())
     project.save()
     result = CliRunner().invoke(app, ["export", "--format", "fuxictr", "-p", str(tmp_path)])
     assert result.exit_code == 1 and "run `kar train` first" in result.output

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from kar.cli import app
 from kar.pipeline import init_project
-from kar.project import Project, ProjectSettings
+from kar.project import ProjectFolder, ProjectSettings
 
 runner = CliRunner()
 SPEC = """
@@ -65,7 +65,7 @@ def test_kar_yaml_store_settings_reach_feature_store_yaml(tmp_path: Path) -> Non
     assert yaml.safe_load((project.feature_repo / "feature_store.yaml").read_text())[
         "online_store"
     ] == {"type": "sqlite", "path": "data/online_store.db"}
-    loaded = Project.load(tmp_path)
+    loaded = ProjectFolder.load(tmp_path)
     from kar.features import init_feature_repo
 
     fs = loaded.settings.features

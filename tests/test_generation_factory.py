@@ -30,11 +30,11 @@ def test_openai_backend_from_settings_and_its_store_id() -> None:
 
 
 def test_bad_settings_name_the_field(tmp_path) -> None:
-    from kar.project import Project
+    from kar.project import ProjectFolder
 
     (tmp_path / "kar.yaml").write_text("generation:\n  backend: tgi\n")
     with pytest.raises(ConfigError, match="generation.backend"):
-        Project.load(tmp_path)
+        ProjectFolder.load(tmp_path)
 
 
 def test_store_ids() -> None:
@@ -77,7 +77,6 @@ def test_speculative_backend_gets_a_pool_from_the_store(tmp_path) -> None:
     assert backend.pool is not None and len(backend.pool) == 3
     index = backend.pool.route(new[0].messages).index
     assert index is not None and len(index) == 3
-    assert backend.pool.neighbours_by_kind == {}  # neighbours: none (the default)
     assert backend.cpu_kernels  # on by default (kar.generation.cpu_kernels)
 
 
@@ -93,41 +92,29 @@ def test_cpu_kernels_setting_reaches_the_backend() -> None:
     assert backend.model.config._attn_implementation == "sdpa"
 
 
-def test_speculative_settings_reach_the_pool(tmp_path) -> None:
-    """``min_first_support`` reaches the drafting config; ``neighbours: prompts`` weighs the
-    answers about films whose prompts share words with the new one (the store's context
-    text and the new prompts' both count)."""
-    from kar.generation.draft_pool import KnowledgePool
-    from kar.generation.factory import _speculative_config
-    from kar.generation.speculative import SpeculativeConfig
-    from kar.records import GenerationOutput, SamplingParams
+def test_every_backend_name_maps_to_a_class_that_builds_from_settings() -> None:
+    """The map covers exactly the names kar.yaml accepts, and each class (speculative
+    included) has ``from_settings``; importing the classes loads no model library."""
+    import typing
 
-    gen = settings(speculative={"mode": "exact", "min_first_support": 2, "neighbours": "prompts",
-                                "neighbours_k": 1})  # fmt: skip
-    assert _speculative_config(gen, SpeculativeConfig).min_first_support == 2
-    store = KnowledgeStore(f"sqlite:///{tmp_path / 'k.db'}")
-    params = SamplingParams(max_new_tokens=16)
-    titles = {"1": "Toy Story (1995), Animation", "2": "Heat (1995), Crime, Thriller"}
-    for entity, title in titles.items():
-        prompt = PromptRecord(
-            "item",
-            entity,
-            KIND_ITEM,
-            "movies",
-            "v1",
-            ({"role": "user", "content": title},),
-            context_text=title,
-        )
-        out = GenerationOutput(text="A film.", prompt_tokens=5, completion_tokens=3,
-                               finish_reason="stop")  # fmt: skip
-        store.write([KnowledgeStore.make_row(prompt, out, model="m", sampling_key=params.key(),
-                                             params=params)])  # fmt: skip
-    new = PromptRecord("item", "3", KIND_ITEM, "movies", "v1",
-                       ({"role": "user", "content": "Aladdin"},),
-                       context_text="Aladdin (1992), Animation, Musical")  # fmt: skip
-    pool = KnowledgePool(encode=lambda text: [ord(c) for c in text])
-    assert pool.add_store(store) == 2
-    pool.use_text_neighbours([new], k=gen.speculative.neighbours_k)
-    pool.register([new])
-    assert pool.neighbours_by_kind[KIND_ITEM]("3") == ["1"]
-    assert pool.route(new.messages).weights == {0: pool.neighbour_weight}
+    from kar.generation.factory import BACKENDS, backend_class
+    from kar.generation.speculative import SpeculativeTransformersBackend
+    from kar.generation.transformers_backend import TransformersBackend
+
+    names = typing.get_args(GenerationSettings.model_fields["backend"].annotation)
+    assert set(BACKENDS) == set(names)
+    for name in names:
+        gen = settings(backend=name, openai={"model": "m"})
+        cls = backend_class(gen)
+        assert cls.__name__.lower().startswith(name.lower()) and callable(cls.from_settings)
+    assert backend_class(settings()) is TransformersBackend
+    speculative = settings(speculative={"mode": "exact"})
+    assert backend_class(speculative) is SpeculativeTransformersBackend
+
+
+def test_measured_no_gain_settings_are_gone() -> None:
+    """``neighbours`` and ``min_first_support`` changed nothing when measured: kar.yaml
+    now rejects them by name."""
+    for field in ("neighbours", "neighbours_k", "min_first_support"):
+        with pytest.raises(ValueError, match=field):
+            settings(speculative={"mode": "exact", field: 1})

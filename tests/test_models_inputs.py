@@ -102,18 +102,28 @@ def kidx(f: CTRFeatures, kind: str, entity: str) -> int:
     return int(vocab.filter(pl.col(f"{kind}_id") == entity)[f"{kind}_id_idx"][0])
 
 
-def test_behaviour_sequence_is_strictly_before_and_positive_only(tiny):
+def test_behaviour_sequence_is_strictly_before_and_carries_labels(tiny):
     ds, split = tiny
     f = CTRFeatures.build(ds, split, history_len=3)
-    hist = f.arrays["valid"]["history"]
-    i1, i2 = idx(f, "item", "i1"), idx(f, "item", "i2")
-    # sample at t=20: the positive i2 of the same second is excluded, the negative i4 too
-    assert hist[0].tolist() == [0, 0, i1]
-    # sample at t=30: i2 and i3 (same second, both positive) are now in the past; i3 is
-    # unseen in history + train, so it maps to the unknown index 0
-    assert hist[1][0] == i1 and sorted(hist[1].tolist()) == sorted([0, i1, i2])
-    # test at t=40 for user a: the latest 3 positives are i2, i3 (t=20) and i9 (t=30)
-    assert sorted(f.arrays["test"]["history"][1].tolist()) == [0, 0, i2]
+    valid = f.arrays["valid"]
+    i1, i2, i4 = (idx(f, "item", i) for i in ("i1", "i2", "i4"))
+    k = {i: kidx(f, "item", i) for i in ("i1", "i2", "i3", "i4", "i9")}
+    # sample at t=20: the positive i2 of the same second is excluded; the negative i4 is in,
+    # labelled "not clicked" (1), the positive i1 "clicked" (2), padding 0
+    assert valid["history"][0].tolist() == [0, i1, i4]
+    assert valid["history_label"][0].tolist() == [0, 2, 1]
+    assert valid["history_k"][0].tolist() == [0, k["i1"], k["i4"]]
+    # sample at t=30: i2 and i3 (t=20) are now in the past; i3 is unseen in history + train,
+    # so its id maps to 0, but its knowledge index and label are kept
+    assert valid["history"][1].tolist()[0] == i4
+    assert sorted(valid["history_k"][1].tolist()[1:]) == sorted([k["i2"], k["i3"]])
+    assert valid["history_label"][1].tolist() == [1, 2, 2]
+    # test at t=40 for user a: the latest 3 are i2, i3 (t=20) and i9 (t=30)
+    test = f.arrays["test"]
+    assert sorted(test["history"][1].tolist()) == [0, 0, i2]
+    assert test["history_k"][1].tolist()[-1] == k["i9"] and test["history_label"][1].min() == 2
+    # the unseen user z has no history at all
+    assert test["history_label"][0].tolist() == [0, 0, 0]
 
 
 def test_unseen_ids_map_to_unknown_and_attributes_survive(tiny):
@@ -202,10 +212,11 @@ def test_real_movielens_sample(ml100k_dir):
     item_of = dict(zip(f.items["item_id"], f.items["item_id_idx"], strict=True))
     for j, row in enumerate(split.test.head(30).iter_rows(named=True)):
         prior = events.filter(
-            (pl.col("user_id") == row["user_id"])
-            & (pl.col("timestamp") < row["timestamp"])
-            & (pl.col("label") == 1)
-        ).sort("timestamp")
+            (pl.col("user_id") == row["user_id"]) & (pl.col("timestamp") < row["timestamp"])
+        ).sort("timestamp", maintain_order=True)
         expected = [item_of.get(t, 0) for t in prior["item_id"].tail(10)]
         expected = [0] * (10 - len(expected)) + expected
         assert sorted(f.arrays["test"]["history"][j].tolist()) == sorted(expected)
+        labels = [int(v) + 1 for v in prior["label"].tail(10)]
+        labels = [0] * (10 - len(labels)) + labels
+        assert sorted(f.arrays["test"]["history_label"][j].tolist()) == sorted(labels)

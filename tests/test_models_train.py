@@ -54,14 +54,16 @@ def test_every_backbone_and_adaptor_trains(small, backbone, adaptor):
     features = small if adaptor else small.without_knowledge()
     result = train_ctr(features, backbone, SMALL, config, seed=1)
     assert 0.0 < result.test_auc < 1.0 and math.isfinite(result.test_logloss)
-    assert 1 <= result.best_epoch <= result.epochs_run <= 2
+    assert 0 <= result.best_epoch <= result.epochs_run <= 2  # 0: the starting point kept
     assert (result.adaptor is None) == (adaptor is None)
     if adaptor:
-        # the adaptor was trained: its weights moved away from their initial values
+        # the adaptor was trained: its weights moved away from their initial values, unless
+        # validation kept the starting point (epoch 0), which is then restored exactly
         fresh = train_ctr(small, backbone, {**SMALL, "lr": 1e-12, "max_epochs": 1}, config, 1)
         before = fresh.adaptor.state_dict()
         after = result.adaptor.state_dict()
-        assert any(not torch.allclose(before[k], after[k]) for k in after)
+        moved = any(not torch.allclose(before[k], after[k]) for k in after)
+        assert moved == (result.best_epoch > 0)
 
 
 def test_same_seed_same_metrics_other_seed_differs(small):
@@ -78,8 +80,9 @@ def test_early_stopping_restores_best_epoch(small):
     # a large learning rate overfits after a few epochs, so validation AUC peaks early
     cfg = {**SMALL, "max_epochs": 12, "patience": 2, "lr": 0.02}
     result = train_ctr(small.without_knowledge(), "deepfm", cfg, seed=0)
-    aucs = [h["valid_auc"] for h in result.history]
-    assert result.best_epoch == aucs.index(max(aucs)) + 1
+    aucs = [h["valid_auc"] for h in result.history]  # epoch 0 (the start), 1, 2, ...
+    assert [h["epoch"] for h in result.history] == list(range(len(aucs)))
+    assert result.best_epoch == aucs.index(max(aucs))
     assert result.epochs_run < 12 and result.epochs_run == result.best_epoch + 2
     assert result.valid_auc == max(aucs)
     # the returned model is the best epoch's, not the last one's
@@ -95,7 +98,41 @@ def test_adaptor_without_knowledge_is_an_error(small):
 
 @pytest.mark.parametrize("backbone", ["deepfm", "din"])
 def test_informative_knowledge_lifts_auc(informative, backbone):
-    cfg = {**SMALL, "max_epochs": 6}
+    cfg = {**SMALL, "max_epochs": 6, "lr": 3e-3}
     without = train_ctr(informative.without_knowledge(), backbone, cfg, seed=0)
     with_k = train_ctr(informative, backbone, cfg, AdaptorConfig.load("hea"), seed=0)
-    assert with_k.test_auc > without.test_auc + 0.01
+    assert with_k.test_auc > without.test_auc + 0.005
+    # warm-started from the model without knowledge, it gains as well
+    warm = train_ctr(
+        informative, backbone, cfg, AdaptorConfig.load("hea"), seed=0,
+        init_state=without.model.state_dict(),
+    )  # fmt: skip
+    assert warm.test_auc > without.test_auc + 0.005 and warm.best_epoch > 0
+
+
+def test_warm_start_begins_as_the_model_without_knowledge(small):
+    plain = train_ctr(small.without_knowledge(), "deepfm", SMALL, seed=0)
+    # no learning at all: the knowledge model stays the model without knowledge, exactly
+    frozen = {**SMALL, "lr": 1e-12, "max_epochs": 1}
+    warm = train_ctr(
+        small, "deepfm", frozen, AdaptorConfig.load("hea"), seed=0,
+        init_state=plain.model.state_dict(),
+    )  # fmt: skip
+    assert warm.history[0]["valid_auc"] == pytest.approx(plain.valid_auc, abs=1e-9)
+    assert warm.test_auc == pytest.approx(plain.test_auc, abs=1e-6)
+    # a model of another shape is refused, naming what does not fit
+    other = train_ctr(small.without_knowledge(), "din", SMALL, seed=0)
+    with pytest.raises(ConfigError, match="cannot warm-start deepfm"):
+        train_ctr(
+            small, "deepfm", SMALL, AdaptorConfig.load("hea"), init_state=other.model.state_dict()
+        )
+
+
+def test_wide_term_starts_at_the_counters_logistic_regression(small):
+    from sklearn.linear_model import LogisticRegression
+
+    result = train_ctr(small.without_knowledge(), "deepfm", {**SMALL, "lr": 1e-12}, seed=0)
+    train = small.tensors("train")
+    lr = LogisticRegression().fit(train["counters"].numpy(), train["label"].numpy())
+    wide = result.model.backbone.wide
+    assert torch.allclose(wide.weight, torch.from_numpy(lr.coef_).float(), atol=1e-4)

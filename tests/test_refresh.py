@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kar.project import Project
+from kar.project import ProjectFolder
 from kar.refresh import RefreshState, knowledge_time, parse_interval, refresh
 from kar.refresh.run import FAULT_ENV
 from kar.refresh.stream import parse_event
@@ -63,7 +63,7 @@ def base_project(tmp_path_factory) -> Path:
     gen.max_new_tokens_user = gen.max_new_tokens_item = 16
     gen.truncated = "accept"
     project.save()
-    project = Project.load(root)
+    project = ProjectFolder.load(root)
     run_generate(project, limit=5, progress=False)
     run_encode(project, progress=False)
     run_train(project, progress=False)
@@ -71,23 +71,23 @@ def base_project(tmp_path_factory) -> Path:
     return root
 
 
-def _copy(base: Path, tmp_path: Path) -> Project:
+def _copy(base: Path, tmp_path: Path) -> ProjectFolder:
     from kar.features import apply_repo
 
     dest = tmp_path / "project"
     shutil.copytree(base, dest)
     apply_repo(dest / "feature_repo")  # the registry holds absolute source paths: re-point
-    return Project.load(dest)
+    return ProjectFolder.load(dest)
 
 
-def _known_users(project: Project) -> list[str]:
+def _known_users(project: ProjectFolder) -> list[str]:
     from kar.generation import KnowledgeStore
 
     answers = KnowledgeStore(project.knowledge_store_url).answers()
     return sorted(answers.filter(pl.col("entity_type") == "user")["entity_id"].to_list())
 
 
-def _append_events(project: Project, user: str, start: datetime, n: int = 2) -> datetime:
+def _append_events(project: ProjectFolder, user: str, start: datetime, n: int = 2) -> datetime:
     lines = []
     for i in range(n):
         ts = start + timedelta(hours=i)
@@ -97,7 +97,7 @@ def _append_events(project: Project, user: str, start: datetime, n: int = 2) -> 
     return start + timedelta(hours=n - 1)
 
 
-def _offline(project: Project, view: str) -> pl.DataFrame:
+def _offline(project: ProjectFolder, view: str) -> pl.DataFrame:
     return pl.read_parquet(project.feature_repo / "data" / view / "*.parquet")
 
 

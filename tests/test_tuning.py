@@ -9,7 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kar.models.evaluation import TUNING_GRID, choose_config, compare, write_report
+from kar.models.evaluation import (
+    KNOWLEDGE_GRID,
+    TUNING_GRID,
+    choose_config,
+    compare,
+    write_report,
+)
 from kar.models.inputs import CTRFeatures
 from kar.models.train import train_ctr
 from kar.project import ProjectSettings
@@ -49,7 +55,7 @@ def test_choice_depends_on_validation_labels_only(features) -> None:
     flipped = _relabel(plain, "valid", lambda y: 1 - y)
     point_v, _, trials_v = choose_config(flipped, "deepfm", GRID, CONFIG)
     assert [t["valid_auc"] for t in trials_v] != [t["valid_auc"] for t in trials]
-    assert point_v != point  # validation decides
+    assert point_v == max(trials_v, key=lambda t: t["valid_auc"])["config"]  # validation decides
 
 
 def test_trials_leave_the_test_split_unread(features) -> None:
@@ -69,25 +75,31 @@ def test_compare_runs_every_seed_with_the_chosen_config(features, tmp_path) -> N
         tune=True,
         grid=GRID,
     )
-    assert results.height == 2 + 2 * 2  # as without tuning: only the chosen config reported
+    assert results.height == 2 + 3 * 2  # as without tuning: only the chosen config reported
     rows = results.filter(pl.col("backbone") == "deepfm")
-    for with_knowledge in (False, True):
-        arm = rows.filter(pl.col("knowledge") == with_knowledge)
-        assert arm["config"].n_unique() == 1 and json.loads(arm["config"][0]) in GRID
+    # one configuration, chosen without knowledge, runs in every arm; each knowledge arm
+    # adds the knowledge learning rate it chose on its own validation AUC
+    none_config = json.loads(rows.filter(pl.col("arm") == "none")["config"][0])
+    assert none_config in GRID
+    for arm in ("none", "knowledge", "shuffled"):
+        configs = rows.filter(pl.col("arm") == arm)["config"]
+        assert configs.n_unique() == 1
+        extra = {k: v for k, v in json.loads(configs[0]).items() if k not in none_config}
+        assert extra == {} if arm == "none" else extra in KNOWLEDGE_GRID
     assert set(results.filter(pl.col("backbone") == "baseline_lr")["config"]) == {"{}"}
 
     # seed 0 is the tuning run of the chosen point; seed 1 reruns that point
     plain = features.without_knowledge()
     point, first, _ = choose_config(plain, "deepfm", GRID, CONFIG, seed=0)
     second = train_ctr(plain, "deepfm", {**CONFIG, **point}, seed=1)
-    without = rows.filter(~pl.col("knowledge")).sort("seed")
+    without = rows.filter(pl.col("arm") == "none").sort("seed")
     assert json.loads(without["config"][0]) == point
     assert without["test_auc"].to_list() == pytest.approx([first.test_auc, second.test_auc])
 
     md, _ = write_report(results, tmp_path, "tuned", "kar evaluate")
     text = md.read_text()
-    assert "Configurations chosen per backbone on validation AUC" in text
-    assert f"| deepfm | no | `{without['config'][0]}` |" in text
+    assert "Configuration chosen per backbone on validation AUC" in text
+    assert f"| deepfm | none | `{without['config'][0]}` |" in text
 
     untuned = compare(features, ("deepfm",), seeds=(0,), model_config=CONFIG, progress=False)
     assert set(untuned["config"]) == {"{}"}

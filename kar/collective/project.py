@@ -21,25 +21,25 @@ from kar.prompts.collective import build_cluster_prompts, cluster_entity_id
 
 if TYPE_CHECKING:
     from kar.data.schema import Dataset, Split
-    from kar.project import Project
+    from kar.project import ProjectFolder
     from kar.records import PromptRecord
 
 
-def modes(project: Project) -> dict[str, Any]:
+def modes(project: ProjectFolder) -> dict[str, Any]:
     c = project.settings.generation.collective
     return {"user": c.user, "item": c.item}
 
 
-def enabled(project: Project) -> bool:
+def enabled(project: ProjectFolder) -> bool:
     return any(m != "individual" for m in modes(project).values())
 
 
-def collective_dir(project: Project) -> Path:
+def collective_dir(project: ProjectFolder) -> Path:
     return project.artifacts / "collective"
 
 
 def apply_modes(
-    project: Project, dataset: Dataset, split: Split, prompts: list[PromptRecord]
+    project: ProjectFolder, dataset: Dataset, split: Split, prompts: list[PromptRecord]
 ) -> list[PromptRecord]:
     """The prompts to ask under the project's modes: individual prompts of the sides in
     ``individual`` or ``both`` mode, plus one prompt per cluster of the other sides."""
@@ -66,7 +66,9 @@ def apply_modes(
     return keep + [p for p in cluster_prompts if p.entity_type in active]
 
 
-def save_clustering(project: Project, clusters: Clusters, prompts: list[PromptRecord]) -> None:
+def save_clustering(
+    project: ProjectFolder, clusters: Clusters, prompts: list[PromptRecord]
+) -> None:
     """Write the membership (members mapped to their cluster's knowledge) and contexts."""
     folder = collective_dir(project)
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ def save_clustering(project: Project, clusters: Clusters, prompts: list[PromptRe
     (folder / "clustering.json").write_text(json.dumps(info, indent=2))
 
 
-def load_clustering(project: Project) -> tuple[pl.DataFrame, str, pl.DataFrame] | None:
+def load_clustering(project: ProjectFolder) -> tuple[pl.DataFrame, str, pl.DataFrame] | None:
     """(membership, clustering id, contexts) written by :func:`apply_modes`, or None."""
     folder = collective_dir(project)
     if not (folder / "clustering.json").exists():
@@ -110,7 +112,7 @@ def load_clustering(project: Project) -> tuple[pl.DataFrame, str, pl.DataFrame] 
     )
 
 
-def member_knowledge(project: Project, answers: pl.DataFrame) -> pl.DataFrame:
+def member_knowledge(project: ProjectFolder, answers: pl.DataFrame) -> pl.DataFrame:
     """The store's answers as one row per member entity, under the project's modes."""
     loaded = load_clustering(project) if enabled(project) else None
     membership, clustering, contexts = loaded or (None, None, None)

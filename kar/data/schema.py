@@ -10,10 +10,24 @@ Ids are strings everywhere (Feast join keys, prompts, stores); models map them t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import overload
 
 import polars as pl
 
 TIMESTAMP = pl.Datetime("us", "UTC")
+
+
+@overload
+def to_utc(ts: datetime) -> datetime: ...
+@overload
+def to_utc(ts: None) -> None: ...
+def to_utc(ts: datetime | None) -> datetime | None:
+    """A timezone-aware UTC datetime; a naive one is taken as UTC (kar's timestamps are UTC)."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
 
 INTERACTION_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.Utf8,

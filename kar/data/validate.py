@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
 from kar.errors import DataValidationError
 
-from .schema import TIMESTAMP
+from .schema import TIMESTAMP, to_utc
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _parse_one(value: str, fmt: str | None) -> datetime | None:
         dt = datetime.strptime(value, fmt) if fmt else datetime.fromisoformat(value)
     except ValueError:
         return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return to_utc(dt)
 
 
 class RejectLog:

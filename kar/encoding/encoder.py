@@ -19,6 +19,7 @@ import numpy as np
 from kar.encoding.cache import VectorCache, text_hash
 from kar.encoding.pooling import POOLINGS, Pooling, pool
 from kar.errors import DataValidationError, KarError
+from kar.generation.model_files import local_model_folder
 
 if TYPE_CHECKING:
     import torch
@@ -49,21 +50,15 @@ def _is_default_dir(folder: Path) -> bool:
         return False
 
 
-def resolve_model(model: str | Path | None) -> tuple[Path, str | None]:
-    """Return (model folder, gguf file name or None); a missing or invalid path is a KarError."""
+def encoder_files(model: str | Path | None) -> tuple[Path, str | None]:
+    """(model folder, gguf file name or None) of an encoder spec: None (the bundled
+    MiniLM), a .gguf file, or a local HF folder; a missing or invalid path is a KarError."""
     if model is None:
         return default_model_dir(), None
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
-    if not path.exists():
-        raise KarError(
-            f"encoder model not found: {path} (expected a local Hugging Face model folder "
-            "or a .gguf file; kar does not download models)"
-        )
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise KarError(f"encoder model {path} is not a Hugging Face model folder (no config.json)")
-    return path, None
+    return local_model_folder(path, "encoder model", weights=False), None
 
 
 def _fingerprint(folder: Path, gguf_file: str | None) -> str:
@@ -112,7 +107,7 @@ class TextEncoder:
         for name, value in (("max_length", max_length), ("batch_size", batch_size)):
             if value < 1:
                 raise KarError(f"{name} must be >= 1, got {value}")
-        self.model_dir, self.gguf_file = resolve_model(model)
+        self.model_dir, self.gguf_file = encoder_files(model)
         self.pooling: Pooling = pooling
         self.max_length = max_length
         self.batch_size = batch_size

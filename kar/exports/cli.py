@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from kar.cli_helpers import PROJECT_DIR, console, guard, open_project
 
 
 def export(
@@ -15,19 +16,13 @@ def export(
     codes: int = typer.Option(
         0, help="Also export k-means knowledge codes with this codebook size (0: none)."
     ),
-    project: Path = typer.Option(Path("."), "--project", "-p", help="Project folder."),
+    project: Path = PROJECT_DIR,
 ) -> None:
     """Write the adapted knowledge vectors in a CTR library's own input format."""
-    from kar.errors import KarError
     from kar.exports import export_project
-    from kar.project import Project
 
-    console = Console()
-    try:
-        manifest = export_project(Project.load(project), fmt, out, codebook_size=codes)
-    except KarError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    folder = open_project(project).folder
+    manifest = guard(export_project, folder, fmt, out, codebook_size=codes)
     for kind, info in manifest["kinds"].items():
         console.print(f"{kind}: {', '.join(info['files'])}")
     if "feature_config" in manifest:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "push_online": "kar.features.publish",
     "PublishReport": "kar.features.publish",
     "training_set": "kar.features.offline",
-    "OnlineKnowledge": "kar.features.online",
+    "OnlineKnowledge": "kar.features.serving",
     "KnowledgeBatch": "kar.features.online",
     "list_knowledge_views": "kar.features.catalog",
     "KnowledgeFeature": "kar.features.declare",
@@ -59,10 +59,10 @@ if TYPE_CHECKING:
         retire_feature,
     )
     from kar.features.offline import training_set
-    from kar.features.online import KnowledgeBatch, OnlineKnowledge
+    from kar.features.online import KnowledgeBatch
     from kar.features.publish import PublishReport, publish, push_online
     from kar.features.repo import apply_repo, feature_store, init_feature_repo, update_lineage
-    from kar.features.serving import HttpReader, KnowledgeServer
+    from kar.features.serving import HttpReader, KnowledgeServer, OnlineKnowledge
 
 
 def __getattr__(name: str) -> Any:

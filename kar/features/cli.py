@@ -6,32 +6,18 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-_ProjectDir = typer.Option(Path("."), "--project", "-p", help="Project folder (with kar.yaml).")
+from kar.cli_helpers import PROJECT_DIR, console, guard, open_project
 
 
 def _repo(project: Path) -> Path:
-    from kar.project import Project
-
-    return Project.load(project).feature_repo
-
-
-def _guard(fn):
-    from kar.errors import KarError
-
-    try:
-        return fn()
-    except KarError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    return open_project(project).folder.feature_repo
 
 
 def add(
     spec: Path = typer.Argument(..., help="YAML file: one feature or a list (name, version, ...)."),
-    project: Path = _ProjectDir,
+    project: Path = PROJECT_DIR,
 ) -> None:
     """Declare knowledge feature versions and register their Feast objects."""
     from kar.features.declare import add_features, load_declarations
@@ -39,7 +25,7 @@ def add(
     def run():
         return add_features(_repo(project), load_declarations(spec))
 
-    added = _guard(run)
+    added = guard(run)
     for feature in added:
         console.print(
             f"registered {feature.view}: feature view, {feature.view}_push, "
@@ -52,7 +38,7 @@ def add(
 def describe(
     name: str = typer.Argument(..., help="Feature name."),
     version: int = typer.Option(None, help="Version (default: every version)."),
-    project: Path = _ProjectDir,
+    project: Path = PROJECT_DIR,
 ) -> None:
     """Show a declared feature's versions, lineage and Feast objects."""
     from kar.features.declare import describe_feature, list_features
@@ -63,28 +49,28 @@ def describe(
         wanted = [version] if version is not None else versions or [None]
         return [describe_feature(repo, name, v) for v in wanted]
 
-    for info in _guard(run):
+    for info in guard(run):
         console.print_json(json.dumps(info, default=str))
 
 
 def retire(
     name: str = typer.Argument(..., help="Feature name."),
     version: int = typer.Argument(..., help="Version to retire."),
-    project: Path = _ProjectDir,
+    project: Path = PROJECT_DIR,
 ) -> None:
     """Retire one version: its Feast objects are removed, its Parquet parts kept."""
     from kar.features.declare import retire_feature
 
-    feature = _guard(lambda: retire_feature(_repo(project), name, version))
+    feature = guard(lambda: retire_feature(_repo(project), name, version))
     console.print(f"retired {feature.view}")
 
 
-def versions(project: Path = _ProjectDir) -> None:
+def versions(project: Path = PROJECT_DIR) -> None:
     """List every declared feature version, retired ones included."""
     from kar.features.declare import list_features
 
     table = Table("feature", "version", "entity", "dim", "status", "lineage")
-    for f in _guard(lambda: list_features(_repo(project))):
+    for f in guard(lambda: list_features(_repo(project))):
         lineage = f"prompt={f.prompt_version} llm={f.llm} encoder={f.encoder} adaptor={f.adaptor}"
         status = "retired" if f.retired else "active"
         table.add_row(f.name, str(f.version), f.entity, str(f.dim), status, lineage)

@@ -251,8 +251,9 @@ def publish_feature(
     """
     from datetime import UTC, datetime
 
+    from kar.data.schema import to_utc
     from kar.features.publish import publish_frames
-    from kar.features.vectors import prepare_vectors, to_utc
+    from kar.features.vectors import prepare_vectors
 
     feature = get_feature(repo, name, version)
     if feature.retired:

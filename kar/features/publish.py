@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from kar.data.schema import to_utc
 from kar.errors import FeatureStoreError, KarError
 from kar.features.repo import (
     ITEM_CODE,
@@ -30,7 +31,7 @@ from kar.features.repo import (
     update_lineage,
 )
 from kar.features.stores import check_online_store
-from kar.features.vectors import prepare_vectors, to_utc
+from kar.features.vectors import prepare_vectors
 
 if TYPE_CHECKING:
     from kar.adaptor.codes import KnowledgeCodebooks

@@ -10,7 +10,10 @@ they come back beside the vectors (``KnowledgeBatch.user_code`` / ``item_codes``
 
 Readers: :class:`StoreReader` reads the repo's online store in process (SQLite, Redis,
 PostgreSQL: whatever ``feature_store.yaml`` names) through Feast's provider;
-:class:`HttpReader` reads Feast's own HTTP feature server (``feast serve``).
+:class:`HttpReader` reads Feast's own HTTP feature server (``feast serve``);
+:class:`SdkReader` goes through Feast's ``get_online_features``. :class:`OnlineKnowledge` is
+a :class:`KnowledgeServer` over :class:`SdkReader` that caches nothing (every request reads
+every id again).
 """
 
 from __future__ import annotations
@@ -228,6 +231,43 @@ class HttpReader(_CodedReader):
         return ""  # the server holds no registry handle here: rely on the cache TTL
 
 
+class SdkReader(_CodedReader):
+    """Reads through Feast's own ``FeatureStore.get_online_features`` (slower than
+    :class:`StoreReader`: Feast builds the response; the reference path)."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = Path(repo)
+        self.store = feature_store(self.repo)
+
+    def _read(
+        self, ref: FeatureRef, ids: Sequence[str], codes: bool
+    ) -> tuple[list[np.ndarray | None], list[int]]:
+        names = [ref.feature, ref.code_feature] if codes else [ref.feature]
+        try:
+            response = self.store.get_online_features(
+                features=[f"{ref.view}:{name}" for name in names],
+                entity_rows=[{ref.join_key: str(i)} for i in ids],
+            ).to_dict()
+        except Exception as exc:
+            raise FeatureStoreError(
+                f"online read of {ref.view} failed in {self.repo}: {exc}"
+            ) from exc
+        vectors = [
+            np.asarray(v, dtype=np.float32) if v is not None else None
+            for v in response[ref.feature]
+        ]
+        if not codes:
+            return vectors, [0] * len(vectors)
+        coded = [
+            code_value(c) if v is not None else 0
+            for c, v in zip(response[ref.code_feature], vectors, strict=True)
+        ]
+        return vectors, coded
+
+    def revision(self, ref: FeatureRef) -> str:
+        return ""  # nothing is cached over this reader (see OnlineKnowledge)
+
+
 class KnowledgeServer:
     """One user x N candidates -> :class:`KnowledgeBatch`, item vectors cached in process.
 
@@ -264,7 +304,7 @@ class KnowledgeServer:
 
     def _maybe_invalidate(self) -> None:
         now = time.monotonic()
-        if now - self._filled_at > self.item_cache_ttl_s:
+        if now - self._filled_at >= self.item_cache_ttl_s:
             self.invalidate()
         elif now - self._checked_at > self.version_check_s:
             self._checked_at = now
@@ -304,3 +344,11 @@ class KnowledgeServer:
             empty = np.zeros(self.user.dim, np.float32)
             return KnowledgeBatch(empty, items, True, missing, 0, codes)
         return KnowledgeBatch(user, items, False, missing, int(user_code), codes)
+
+
+class OnlineKnowledge(KnowledgeServer):
+    """The built-in user and item views read through Feast's ``get_online_features`` on
+    every request, nothing cached (a reference reader; :class:`KnowledgeServer` serves)."""
+
+    def __init__(self, repo: Path) -> None:
+        super().__init__(repo, reader=SdkReader(repo), item_cache_ttl_s=0.0)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import polars as pl
 
-from kar.data.schema import TIMESTAMP
+from kar.data.schema import TIMESTAMP, to_utc
 from kar.errors import FeatureStoreError
 
 VECTOR_COLUMN = "vector"
-
-
-def to_utc(ts: datetime) -> datetime:
-    """A timezone-aware UTC datetime (naive values are taken as UTC)."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _utc_column(series: pl.Series) -> pl.Series:

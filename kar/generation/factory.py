@@ -1,15 +1,19 @@
 """The generation backend a project's ``kar.yaml`` asks for (``generation.backend``).
 
-``transformers`` (default; optionally speculative from the knowledge pool), ``vllm``
-(offline engine) or ``openai`` (any OpenAI-compatible server). :func:`backend_model_name`
-gives the store's model id without loading anything, so a rerun with nothing to do loads
-no model.
+:data:`BACKENDS` maps each ``generation.backend`` name to its class (imported when chosen,
+as Feast maps store types); every class builds itself from the settings with
+``from_settings(gen)``. ``transformers`` (default; speculative from the knowledge pool when
+``generation.speculative.mode`` is not ``off``), ``vllm`` (offline engine), ``openai`` (any
+OpenAI-compatible server) or ``ray`` (vLLM engines on a Ray cluster through Ray Data).
+:func:`backend_model_name` gives the store's model id without loading anything, so a rerun
+with nothing to do loads no model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Protocol
 
 from kar.errors import ConfigError
 from kar.generation.model_files import model_name_for
@@ -19,6 +23,31 @@ if TYPE_CHECKING:
     from kar.generation.store import KnowledgeStore
     from kar.project import GenerationSettings
     from kar.records import PromptRecord
+
+BACKENDS: dict[str, str] = {
+    "transformers": "kar.generation.transformers_backend.TransformersBackend",
+    "vllm": "kar.generation.vllm_backend.VLLMBackend",
+    "openai": "kar.generation.openai_backend.OpenAIBackend",
+    "ray": "kar.generation.ray_backend.RayBackend",
+}
+SPECULATIVE_BACKEND = "kar.generation.speculative.SpeculativeTransformersBackend"
+
+
+class BackendClass(Protocol):
+    """What :data:`BACKENDS` names: a class that builds itself from kar.yaml's settings."""
+
+    @classmethod
+    def from_settings(cls, gen: GenerationSettings) -> GenerationBackend: ...
+
+
+def backend_class(gen: GenerationSettings) -> BackendClass:
+    """The class of the backend ``gen`` asks for (its module imported now, nothing loaded)."""
+    if gen.backend == "transformers" and gen.speculative.mode != "off":
+        path = SPECULATIVE_BACKEND
+    else:
+        path = BACKENDS[gen.backend]  # the settings' Literal admits only these names
+    module, _, name = path.rpartition(".")
+    return getattr(import_module(module), name)
 
 
 def backend_model_name(gen: GenerationSettings) -> str:
@@ -31,22 +60,8 @@ def backend_model_name(gen: GenerationSettings) -> str:
     if gen.backend == "transformers" and gen.speculative.mode == "relaxed":
         from kar.generation.speculative import SpeculativeConfig
 
-        name += _speculative_config(gen, SpeculativeConfig).tag()
+        name += SpeculativeConfig.from_settings(gen.speculative).tag()
     return name
-
-
-def _speculative_config(gen: GenerationSettings, config_type: Any) -> Any:
-    spec = gen.speculative
-    return config_type(
-        mode=spec.mode,
-        draft_tokens=spec.draft_tokens,
-        draft_tree=spec.draft_tree,
-        min_support=spec.min_support,
-        top_k=spec.top_k,
-        min_prob=spec.min_prob,
-        step_token_budget=spec.step_token_budget,
-        min_first_support=spec.min_first_support,
-    )
 
 
 def make_backend(
@@ -57,54 +72,8 @@ def make_backend(
 ) -> GenerationBackend:
     """Load the configured backend. Speculative decoding indexes ``store``'s earlier
     answers (plain greedy ones of the same model) and routes ``prompts`` to their pool."""
-    if gen.backend == "openai":
-        from kar.generation.openai_backend import OpenAIBackend
-
-        o = gen.openai
-        return OpenAIBackend(
-            model=o.model or "",
-            base_url=o.base_url,
-            api_key_env=o.api_key_env,
-            max_concurrency=o.max_concurrency,
-            timeout_s=o.timeout_s,
-            max_retries=o.max_retries,
-            vllm_extras=o.vllm_extras,
-        )
-    if gen.backend == "vllm":
-        from kar.generation.vllm_backend import VLLMBackend
-
-        v = gen.vllm
-        return VLLMBackend(
-            model=gen.model,
-            dtype=gen.dtype,
-            speculative=v.speculative,
-            enforce_eager=v.enforce_eager,
-            cpu_kv_cache_gb=v.cpu_kv_cache_gb,
-            **v.engine,
-        )
-    if gen.speculative.mode == "off":
-        from kar.generation.transformers_backend import TransformersBackend
-
-        return TransformersBackend(
-            model=gen.model, dtype=gen.dtype, threads=gen.threads, cpu_kernels=gen.cpu_kernels
-        )
-    from kar.generation.speculative import SpeculativeConfig, SpeculativeTransformersBackend
-
-    backend = SpeculativeTransformersBackend(
-        config=_speculative_config(gen, SpeculativeConfig),
-        model=gen.model,
-        dtype=gen.dtype,
-        threads=gen.threads,
-        cpu_kernels=gen.cpu_kernels,
-    )
-    pool = backend.make_pool(exclude_own=gen.speculative.exclude_own_answer)
-    if store is not None:
-        scenarios = {p.scenario for p in prompts} or {None}
-        plain = model_name_for(gen.model, gen.dtype)
-        for scenario in scenarios:
-            pool.add_store(store, scenario=scenario, model=plain, limit=gen.speculative.pool_limit)
-    pool.register(prompts)
-    if gen.speculative.neighbours == "prompts":
-        pool.use_text_neighbours(prompts, k=gen.speculative.neighbours_k)
-    backend.pool = pool
+    backend = backend_class(gen).from_settings(gen)
+    index_store = getattr(backend, "index_store", None)  # the speculative backend's pool
+    if index_store is not None:
+        index_store(store, prompts)
     return backend

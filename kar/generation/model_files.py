@@ -102,15 +102,20 @@ def resolve_model(spec: str | Path | None) -> Path:
     """
     if is_bundled(spec):
         return bundled_model_dir()
+    return local_model_folder(spec, "model", weights=True)
+
+
+def local_model_folder(spec: str | Path, what: str, *, weights: bool) -> Path:
+    """``spec`` as an existing local Hugging Face folder (``config.json``, and weight files
+    when ``weights``); otherwise a KarError naming ``what`` (kar never downloads models)."""
     path = Path(spec).expanduser()
-    if path.is_dir():
-        if not _is_hf_folder(path):
-            raise KarError(
-                f"model folder {path} is not a Hugging Face model folder "
-                "(needs config.json and *.safetensors or *.bin weights)"
-            )
-        return path.resolve()
-    raise KarError(
-        f"model {str(spec)!r} is neither 'smollm2' nor an existing local folder; kar does not "
-        "download models (HF_HUB_OFFLINE=1): download it yourself and pass its folder"
-    )
+    if not path.exists():
+        raise KarError(
+            f"{what} {str(spec)!r} not found: not an existing local folder; kar does not "
+            "download models (HF_HUB_OFFLINE=1): download it yourself and pass its folder"
+        )
+    valid = _is_hf_folder(path) if weights else (path / "config.json").is_file()
+    if not path.is_dir() or not valid:
+        needs = "config.json and *.safetensors or *.bin weights" if weights else "config.json"
+        raise KarError(f"{what} {path} is not a Hugging Face model folder (needs {needs})")
+    return path.resolve()

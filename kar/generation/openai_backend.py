@@ -15,11 +15,14 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
 from kar.records import GenerationOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from kar.project import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,20 @@ class OpenAIBackend:
         self.max_backoff_s = max_backoff_s
         self.vllm_extras = vllm_extras
         self.model_name = model_name or f"openai:{model}"
+
+    @classmethod
+    def from_settings(cls, gen: GenerationSettings) -> OpenAIBackend:
+        """The backend ``generation.backend: openai`` configures (``generation.openai``)."""
+        o = gen.openai
+        return cls(
+            model=o.model or "",
+            base_url=o.base_url,
+            api_key_env=o.api_key_env,
+            max_concurrency=o.max_concurrency,
+            timeout_s=o.timeout_s,
+            max_retries=o.max_retries,
+            vllm_extras=o.vllm_extras,
+        )
 
     def __repr__(self) -> str:  # never the key
         return f"OpenAIBackend({self.model_name!r}, url={self.url!r}, key_env={self.api_key_env!r})"

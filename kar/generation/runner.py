@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from rich.console import Console
 from rich.progress import (
@@ -35,6 +35,7 @@ from kar.records import GenerationOutput, PromptRecord, SamplingParams
 log = logging.getLogger(__name__)
 
 _MAX_RETRY_TOKENS = 4096
+TruncatedPolicy = Literal["trim", "retry", "accept"]
 
 
 @dataclass
@@ -50,31 +51,13 @@ class GenerationReport:
     completion_tokens: int = 0
     seconds: float = 0.0
     tokens_per_s: float = 0.0
-    draft_steps: int = 0  # speculative decoding: verification steps, summed over answers
-    draft_accepted: int = 0  # ... and the draft tokens they kept
-
-    @property
-    def mean_accepted_draft(self) -> float:
-        """Draft tokens kept per verification step (0 without speculative decoding)."""
-        return self.draft_accepted / self.draft_steps if self.draft_steps else 0.0
-
-    def count_drafts(self, outputs: Sequence[GenerationOutput]) -> None:
-        """Add the speculative backend's per-answer counts (``meta``), if any."""
-        for output in outputs:
-            self.draft_steps += int(output.meta.get("spec_steps", 0))
-            self.draft_accepted += int(output.meta.get("spec_accepted", 0))
 
     def summary(self) -> str:
-        drafts = (
-            f", mean accepted draft {self.mean_accepted_draft:.2f} tokens/step"
-            if self.draft_steps
-            else ""
-        )
         return (
             f"{self.total} prompts: {self.skipped_done} already answered, "
             f"{self.llm_calls} LLM calls, {self.answered_ok} ok, {self.flagged} flagged; "
             f"{self.completion_tokens} tokens in {self.seconds:.1f} s "
-            f"({self.tokens_per_s:.1f} tok/s){drafts}"
+            f"({self.tokens_per_s:.1f} tok/s)"
         )
 
 
@@ -131,29 +114,16 @@ def _answer_batch(
     backend: GenerationBackend,
     params: SamplingParams,
     max_retries: int,
-    truncated: str,
+    truncated: TruncatedPolicy,
     report: GenerationReport,
 ) -> list[dict[str, Any]]:
     """Answer one batch (with retries of bad answers) and return the store rows."""
     outputs = _call_backend(backend, batch, params)
     state = {i: (outputs[i], params, 1) for i in range(len(batch))}  # output, params, attempts
     report.llm_calls += len(batch)
-    report.count_drafts(outputs)
-
-    def settle(output: GenerationOutput) -> tuple[GenerationOutput, str | None]:
-        """The answer to keep and why it is bad (None: usable), per the truncation policy."""
-        reason = check_answer(output)
-        if reason != TRUNCATED or truncated == "retry":
-            return output, reason
-        if truncated == "accept":
-            return output, None
-        trimmed = trim_to_sentence(output.text)
-        if trimmed is None:
-            return output, reason
-        return dataclasses.replace(output, text=trimmed, finish_reason="trimmed"), None
 
     def reason_of(output: GenerationOutput) -> str | None:
-        return settle(output)[1]
+        return settle_answer(output, truncated)[1]
 
     for attempt in range(1, max_retries + 1):
         groups: dict[SamplingParams, list[int]] = {}
@@ -166,15 +136,46 @@ def _answer_batch(
         for retry, indexes in groups.items():
             retried = _call_backend(backend, [batch[i] for i in indexes], retry)
             report.llm_calls += len(indexes)
-            report.count_drafts(retried)
             for i, output in zip(indexes, retried, strict=True):
                 state[i] = (output, retry, attempt + 1)
 
+    results = [state[i] for i in range(len(batch))]
+    return store_rows(batch, results, backend.model_name, params, truncated, report)
+
+
+def settle_answer(
+    output: GenerationOutput, truncated: TruncatedPolicy
+) -> tuple[GenerationOutput, str | None]:
+    """The answer to keep and why it is bad (None: usable), per the truncation policy
+    (see :func:`generate_knowledge`)."""
+    reason = check_answer(output)
+    if reason != TRUNCATED or truncated == "retry":
+        return output, reason
+    if truncated == "accept":
+        return output, None
+    trimmed = trim_to_sentence(output.text)
+    if trimmed is None:
+        return output, reason
+    return dataclasses.replace(output, text=trimmed, finish_reason="trimmed"), None
+
+
+def store_rows(
+    prompts: Sequence[PromptRecord],
+    results: Sequence[tuple[GenerationOutput, SamplingParams, int]],
+    model: str,
+    params: SamplingParams,
+    truncated: TruncatedPolicy,
+    report: GenerationReport,
+) -> list[dict[str, Any]]:
+    """The store rows of answered prompts, counted into ``report``.
+
+    ``results[i]``: prompt i's last answer, the sampling it used and the calls it took;
+    ``params``: the run's sampling (its key is the store key). A bad answer is ``flagged``.
+    """
     sampling_key = params.key()
     rows = []
-    for i, prompt in enumerate(batch):
-        output, used, attempts = state[i]
-        output, reason = settle(output)
+    for prompt, (output, used, attempts) in zip(prompts, results, strict=True):
+        output, reason = settle_answer(output, truncated)
         report.prompt_tokens += output.prompt_tokens
         report.completion_tokens += output.completion_tokens
         if reason is None:
@@ -185,7 +186,7 @@ def _answer_batch(
             KnowledgeStore.make_row(
                 prompt,
                 output,
-                model=backend.model_name,
+                model=model,
                 sampling_key=sampling_key,
                 params=used,
                 status="ok" if reason is None else "flagged",
@@ -196,6 +197,47 @@ def _answer_batch(
     return rows
 
 
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A backend that answers a whole to-do list as one job (e.g. a Ray Dataset), with the
+    same quality checks and retries as :func:`generate_knowledge`, and yields the store rows
+    (built with :func:`store_rows`) as parts of it finish; the runner saves each at once."""
+
+    model_name: str
+
+    def answer_stream(
+        self,
+        prompts: Sequence[PromptRecord],
+        params: SamplingParams,
+        *,
+        max_retries: int,
+        truncated: TruncatedPolicy,
+        report: GenerationReport,
+    ) -> Iterator[list[dict[str, Any]]]: ...
+
+
+def _answered(
+    pending: Sequence[PromptRecord],
+    backend: GenerationBackend,
+    params: SamplingParams,
+    batch_size: int,
+    max_retries: int,
+    truncated: TruncatedPolicy,
+    report: GenerationReport,
+) -> Iterator[list[dict[str, Any]]]:
+    """Store rows for ``pending``, a part at a time: one job of a streaming backend, or one
+    batch after another."""
+    stream = getattr(backend, "answer_stream", None)  # after the to-do list: may load a model
+    if stream is not None:
+        yield from stream(
+            pending, params, max_retries=max_retries, truncated=truncated, report=report
+        )
+        return
+    for lo in range(0, len(pending), batch_size):
+        batch = pending[lo : lo + batch_size]
+        yield _answer_batch(batch, backend, params, max_retries, truncated, report)
+
+
 def generate_knowledge(
     prompts: Sequence[PromptRecord],
     backend: GenerationBackend,
@@ -204,7 +246,7 @@ def generate_knowledge(
     batch_size: int = 16,
     max_retries: int = 1,
     progress: bool = True,
-    truncated: Literal["trim", "retry", "accept"] = "trim",
+    truncated: TruncatedPolicy = "trim",
 ) -> GenerationReport:
     """Answer every prompt not yet in ``store`` and save each batch as soon as it is done.
 
@@ -217,6 +259,9 @@ def generate_knowledge(
     ``trimmed``) and retries it otherwise; ``retry`` always retries with more tokens;
     ``accept`` keeps it as it is. Token counts in the report
     cover the stored answers; ``llm_calls`` counts every prompt sent, retries included.
+    A :class:`StreamingBackend` gets the whole to-do list as one job and its rows are saved
+    as they stream back (a killed run loses only the answers not yet back, and the first
+    answers of prompts waiting for a retry).
     """
     params = params or SamplingParams()
     if batch_size < 1:
@@ -263,14 +308,13 @@ def generate_knowledge(
     try:
         with bar:
             task = bar.add_task("generate", total=len(pending), rate=0.0)
-            for lo in range(0, len(pending), batch_size):
-                batch = pending[lo : lo + batch_size]
-                rows = _answer_batch(batch, backend, params, max_retries, truncated, report)
+            parts = _answered(pending, backend, params, batch_size, max_retries, truncated, report)
+            for rows in parts:
                 store.write(rows)
                 saved += len(rows)
                 elapsed = time.perf_counter() - start
                 bar.update(
-                    task, advance=len(batch), rate=report.completion_tokens / max(elapsed, 1e-9)
+                    task, advance=len(rows), rate=report.completion_tokens / max(elapsed, 1e-9)
                 )
     except KeyboardInterrupt:
         message = (

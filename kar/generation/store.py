@@ -13,6 +13,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from kar.data.schema import to_utc
 from kar.errors import ConfigError, KarError
 from kar.records import GenerationOutput, PromptRecord, SamplingParams
 
@@ -21,6 +22,9 @@ CallKey = tuple[str, str, str, str]
 
 KEY_COLUMNS = ("entity_type", "entity_id", "kind", "prompt_hash", "model", "sampling_key")
 STATUSES = ("ok", "flagged")
+# sampling_key of texts brought in with `kar knowledge import` (kar.generation.imports):
+# for an entity and kind, an imported text is preferred to an LLM answer.
+IMPORTED_SAMPLING_KEY = "imported"
 ANSWER_SCHEMA: dict[str, pl.DataType] = {
     "entity_type": pl.String,
     "entity_id": pl.String,
@@ -65,13 +69,6 @@ def copy_sqlite_store(source: Path, target: Path) -> Path:
         src.close()
         dst.close()
     return target
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    """Aware UTC datetime; naive input is taken as UTC (kar's timestamps are UTC)."""
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _define_table(metadata: sa.MetaData, name: str) -> sa.Table:
@@ -195,7 +192,7 @@ class KnowledgeStore:
             "prompt_tokens": output.prompt_tokens,
             "completion_tokens": output.completion_tokens,
             "finish_reason": output.finish_reason,
-            "as_of": _utc(prompt.as_of),
+            "as_of": to_utc(prompt.as_of),
         }
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -256,7 +253,8 @@ class KnowledgeStore:
         model: str | None = None,
         status: str | None = "ok",
     ) -> pl.DataFrame:
-        """Latest answer per (entity_type, entity_id, kind), by as_of then created_at.
+        """Latest answer per (entity_type, entity_id, kind), by as_of then created_at;
+        an imported text (``sampling_key`` :data:`IMPORTED_SAMPLING_KEY`) before any LLM answer.
 
         Filters apply first: with the default ``status="ok"`` a flagged answer is never
         returned (the entity keeps its latest good answer, if any). ``status=None``: all.
@@ -274,7 +272,12 @@ class KnowledgeStore:
             sa.func.row_number()
             .over(
                 partition_by=(t.c.entity_type, t.c.entity_id, t.c.kind),
-                order_by=(t.c.as_of.desc().nulls_last(), t.c.created_at.desc(), t.c.id.desc()),
+                order_by=(
+                    sa.case((t.c.sampling_key == IMPORTED_SAMPLING_KEY, 0), else_=1),
+                    t.c.as_of.desc().nulls_last(),
+                    t.c.created_at.desc(),
+                    t.c.id.desc(),
+                ),
             )
             .label("rank")
         )
@@ -287,10 +290,21 @@ class KnowledgeStore:
         )
         with self.engine.connect() as conn:
             rows = [
-                {**row._mapping, "as_of": _utc(row.as_of), "created_at": _utc(row.created_at)}
+                {**row._mapping, "as_of": to_utc(row.as_of), "created_at": to_utc(row.created_at)}
                 for row in conn.execute(stmt)
             ]
         return pl.DataFrame(rows, schema=ANSWER_SCHEMA)
+
+    def imported_keys(self, scenario: str | None = None) -> set[tuple[str, str, str, str]]:
+        """(scenario, entity_type, entity_id, kind) of every imported text (see ``answers``)."""
+        t = self.table
+        stmt = sa.select(t.c.scenario, t.c.entity_type, t.c.entity_id, t.c.kind).where(
+            t.c.sampling_key == IMPORTED_SAMPLING_KEY, t.c.status == "ok"
+        )
+        if scenario is not None:
+            stmt = stmt.where(t.c.scenario == scenario)
+        with self.engine.connect() as conn:
+            return {tuple(row) for row in conn.execute(stmt)}  # type: ignore[misc]
 
     def forget_flagged(self, model: str | None = None) -> int:
         """Delete flagged answers so that the next run asks those prompts again."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
 from kar.generation.model_files import model_name_for, resolve_model
 from kar.records import GenerationOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from kar.project import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,13 @@ class TransformersBackend:
         self.eos_token_ids = {int(i) for i in eos_ids if i is not None}
         if not self.eos_token_ids:
             raise ConfigError(f"model folder {self.path} defines no end-of-sequence token")
+
+    @classmethod
+    def from_settings(cls, gen: GenerationSettings) -> TransformersBackend:
+        """The backend ``generation.backend: transformers`` configures."""
+        return cls(
+            model=gen.model, dtype=gen.dtype, threads=gen.threads, cpu_kernels=gen.cpu_kernels
+        )
 
     def __repr__(self) -> str:
         return f"TransformersBackend({self.model_name!r}, path={str(self.path)!r})"

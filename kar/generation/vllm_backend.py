@@ -13,12 +13,15 @@ callers need no ``if __name__ == "__main__":`` guard.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
 from kar.generation.model_files import model_name_for, resolve_model
 from kar.records import GenerationOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from kar.project import GenerationSettings
 
 
 def vllm_available() -> bool:
@@ -90,6 +93,18 @@ def _guard_kernel_scan() -> None:
     dispatcher._rebind_kernels = guarded
 
 
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """kar's sampling settings as ``vllm.SamplingParams`` arguments (plain values)."""
+    return {
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k if params.top_k > 0 else -1,
+        "repetition_penalty": params.repetition_penalty,
+        "seed": None if params.greedy else params.seed,
+    }
+
+
 class VLLMBackend:
     """:class:`~kar.generation.backend.GenerationBackend` over ``vllm.LLM.chat``.
 
@@ -136,20 +151,26 @@ class VLLMBackend:
             kwargs["speculative_config"] = speculative
         self.llm = LLM(**kwargs)
 
+    @classmethod
+    def from_settings(cls, gen: GenerationSettings) -> VLLMBackend:
+        """The backend ``generation.backend: vllm`` configures (``generation.vllm``)."""
+        v = gen.vllm
+        return cls(
+            model=gen.model,
+            dtype=gen.dtype,
+            speculative=v.speculative,
+            enforce_eager=v.enforce_eager,
+            cpu_kv_cache_gb=v.cpu_kv_cache_gb,
+            **v.engine,
+        )
+
     def __repr__(self) -> str:
         return f"VLLMBackend({self.model_name!r}, path={str(self.path)!r})"
 
     def sampling(self, params: SamplingParams) -> Any:
         from vllm import SamplingParams as VLLMSampling
 
-        return VLLMSampling(
-            max_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else -1,
-            repetition_penalty=params.repetition_penalty,
-            seed=None if params.greedy else params.seed,
-        )
+        return VLLMSampling(**sampling_kwargs(params))
 
     def generate(self, batch: list[ChatMessages], params: SamplingParams) -> list[GenerationOutput]:
         if not batch:

@@ -2,8 +2,15 @@
 
 All backbones see the same inputs the same way: one embedding per field (user id, item id,
 user attributes, year bucket, creator, mean-pooled genres), the behaviour sequence as item
-embeddings, and -- when knowledge is given -- the adapted user and item vectors, each both
-projected into an extra field and concatenated raw into a dense vector for the deep part.
+embeddings plus an embedding of each past interaction's label, and the point-in-time
+counters (:mod:`kar.models.counters`) as the dense input, also read by a linear "wide" term.
+
+Knowledge, when given, is added to the embeddings it describes: the adapted user vector to
+the user field, the adapted item vector to the target item and to every item of the
+behaviour sequence, each through a projection that starts at zero. So the fields, the
+dense input and every backbone's shapes are the same with and without knowledge, a model
+with knowledge starts as the same function as the model without (and can be warm-started
+from it), and knowledge that carries nothing can stay closed.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 from torch import nn
 
 from kar.models.config import ModelConfig
+from kar.models.counters import COUNTER_NAMES
 from kar.models.inputs import CTRFeatures
 
 
@@ -28,6 +36,7 @@ class FeatureSpec:
     item_attr_sizes: tuple[int, ...]
     n_genres: int
     history_len: int
+    n_counters: int = len(COUNTER_NAMES)
 
     @classmethod
     def from_features(cls, f: CTRFeatures) -> FeatureSpec:
@@ -42,73 +51,94 @@ class FeatureSpec:
 
 
 class Knowledge(NamedTuple):
-    """Adapted knowledge for a batch: vectors (B, k) and missing flags (B,)."""
+    """Adapted knowledge for a batch: vectors (B, k) / (B, L, k), missing flags (B,) / (B, L)."""
 
     user: torch.Tensor
     item: torch.Tensor
+    history: torch.Tensor
     user_missing: torch.Tensor
     item_missing: torch.Tensor
+    history_missing: torch.Tensor
 
 
 class Inputs(NamedTuple):
     """What the input layer hands a backbone."""
 
     fields: torch.Tensor  # (B, F, E)
-    dense: torch.Tensor  # (B, D); D = 0 without knowledge
+    dense: torch.Tensor  # (B, D): the standardised counters
     history: torch.Tensor  # (B, L, E)
-    history_mask: torch.Tensor  # (B, L) bool, True where a real item
+    history_mask: torch.Tensor  # (B, L) bool, True where a real interaction
     target: torch.Tensor  # (B, E) target item embedding
 
 
 class CTRInputLayer(nn.Module):
-    """Embeds a batch (see :meth:`CTRFeatures.tensors`) plus optional knowledge."""
+    """Embeds a batch (see :meth:`CTRFeatures.tensors`) plus optional knowledge.
 
-    def __init__(self, spec: FeatureSpec, embedding_dim: int, knowledge_dim: int = 0) -> None:
+    ``knowledge_dropout``: in training, each row's knowledge is dropped with this probability
+    (the row then sees exactly what the model without knowledge sees).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embedding_dim: int,
+        knowledge_dim: int = 0,
+        knowledge_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         e = embedding_dim
         self.knowledge_dim = knowledge_dim
+        self.knowledge_dropout = knowledge_dropout
         self.user = nn.Embedding(spec.n_users, e, padding_idx=0)
         self.item = nn.Embedding(spec.n_items, e, padding_idx=0)
         self.user_attrs = nn.ModuleList(nn.Embedding(n, e) for n in spec.user_attr_sizes)
         self.item_attrs = nn.ModuleList(nn.Embedding(n, e) for n in spec.item_attr_sizes)
         self.genres = nn.Embedding(spec.n_genres, e, padding_idx=0)
+        self.history_label = nn.Embedding(3, e, padding_idx=0)  # 0 pad, 1 not clicked, 2 clicked
         self.n_fields = 3 + len(spec.user_attr_sizes) + len(spec.item_attr_sizes)
-        if knowledge_dim:
-            self.user_proj = nn.Linear(knowledge_dim, e)
-            self.item_proj = nn.Linear(knowledge_dim, e)
-            self.missing = nn.Parameter(torch.zeros(2, e))  # field value when knowledge is absent
-            self.n_fields += 2
-        self.dense_dim = 2 * knowledge_dim + 2 if knowledge_dim else 0
+        self.dense_dim = spec.n_counters
         for emb in self.modules():
             if isinstance(emb, nn.Embedding):
                 nn.init.normal_(emb.weight, std=0.01)
+        if knowledge_dim:
+            self.user_proj = nn.Linear(knowledge_dim, e)
+            self.item_proj = nn.Linear(knowledge_dim, e)
+            for proj in (self.user_proj, self.item_proj):  # closed at the start
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+
+    def _keep(self, missing: torch.Tensor) -> torch.Tensor:
+        """1 where a row's knowledge is present (and not dropped), as (..., 1)."""
+        keep = 1.0 - missing
+        if self.training and self.knowledge_dropout:
+            rows = keep.shape[0]
+            drop = torch.rand(rows, device=keep.device) < self.knowledge_dropout
+            keep = keep * (~drop).float().view(rows, *([1] * (keep.dim() - 1)))
+        return keep.unsqueeze(-1)
 
     def forward(self, batch: dict[str, torch.Tensor], knowledge: Knowledge | None) -> Inputs:
+        user = self.user(batch["user"])
         target = self.item(batch["item"])
-        fields = [self.user(batch["user"]), target]
+        history = self.item(batch["history"]) + self.history_label(batch["history_label"])
+        if self.knowledge_dim:
+            if knowledge is None:
+                raise ValueError("this model was built with knowledge; pass it")
+            keep = self._keep(torch.stack([knowledge.user_missing, knowledge.item_missing], 1))
+            user = user + self.user_proj(knowledge.user) * keep[:, 0]
+            target = target + self.item_proj(knowledge.item) * keep[:, 1]
+            hist_keep = self._keep(knowledge.history_missing)
+            history = history + self.item_proj(knowledge.history) * hist_keep
+        fields = [user, target]
         fields += [emb(batch["user_attrs"][:, j]) for j, emb in enumerate(self.user_attrs)]
         fields += [emb(batch["item_attrs"][:, j]) for j, emb in enumerate(self.item_attrs)]
         genres = batch["genres"]
         g_mask = (genres > 0).unsqueeze(-1).float()
         fields.append((self.genres(genres) * g_mask).sum(1) / g_mask.sum(1).clamp(min=1.0))
-        batch_size = target.shape[0]
-        dense = target.new_zeros((batch_size, 0))
-        if self.knowledge_dim:
-            if knowledge is None:
-                raise ValueError("this model was built with knowledge; pass it")
-            um = knowledge.user_missing.unsqueeze(-1)
-            im = knowledge.item_missing.unsqueeze(-1)
-            u = knowledge.user * (1 - um)
-            i = knowledge.item * (1 - im)
-            fields.append(self.user_proj(u) * (1 - um) + self.missing[0] * um)
-            fields.append(self.item_proj(i) * (1 - im) + self.missing[1] * im)
-            dense = torch.cat([u, i, um, im], dim=-1)
-        history = batch["history"]
         return Inputs(
             fields=torch.stack(fields, dim=1),
-            dense=dense,
-            history=self.item(history),
-            history_mask=history > 0,
+            dense=batch["counters"],
+            history=history,
+            history_mask=batch["history_label"] > 0,
             target=target,
         )
 
@@ -122,7 +152,10 @@ class CTRModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.config = config
-        self.inputs = CTRInputLayer(spec, config.embedding_dim, knowledge_dim)
+        self.inputs = CTRInputLayer(
+            spec, config.embedding_dim, knowledge_dim, config.knowledge_dropout
+        )
+        self.wide = nn.Linear(self.inputs.dense_dim, 1)  # the counters' linear term
         self._auxiliary: torch.Tensor | None = None
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -138,8 +171,9 @@ class CTRModel(nn.Module):
     def forward(
         self, batch: dict[str, torch.Tensor], knowledge: Knowledge | None = None
     ) -> torch.Tensor:
-        """Logits, shape (B,)."""
-        return self.logit(self.inputs(batch, knowledge), batch)
+        """Logits, shape (B,): the backbone's plus the wide term over the counters."""
+        inputs = self.inputs(batch, knowledge)
+        return self.logit(inputs, batch) + self.wide(inputs.dense).squeeze(-1)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,20 +183,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class FirstOrder(nn.Module):
-    """First-order term of the FM family: user and item biases plus a linear map of the dense
-    knowledge inputs (when the model has them)."""
+    """First-order term of the FM family: user and item biases (the counters' linear term is
+    the base class's ``wide``)."""
 
-    def __init__(self, spec: FeatureSpec, dense_dim: int) -> None:
+    def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
         self.user_bias = nn.Embedding(spec.n_users, 1, padding_idx=0)
         self.item_bias = nn.Embedding(spec.n_items, 1, padding_idx=0)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
-        self.dense_linear = nn.Linear(dense_dim, 1) if dense_dim else None
 
     def forward(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, 1) first-order logit."""
-        out = self.user_bias(batch["user"]) + self.item_bias(batch["item"])
-        if self.dense_linear is not None:
-            out = out + self.dense_linear(inputs.dense)
-        return out
+        return self.user_bias(batch["user"]) + self.item_bias(batch["item"])

@@ -14,49 +14,9 @@ import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
 
+from kar.models.counters import logit, rates_before
 from kar.models.inputs import SPLITS, CTRFeatures
 from kar.models.metrics import auc, logloss
-
-
-def rates_before(
-    events: pl.DataFrame, samples: pl.DataFrame, key: str, prior: float, strength: float
-) -> np.ndarray:
-    """Smoothed positive rate of ``samples[key]`` over ``events`` strictly before each sample."""
-    # cumulative counts up to and including each instant; the as-of join with exact matches
-    # excluded picks the latest instant strictly before the sample.
-    totals = (
-        events.group_by(key, "timestamp")
-        .agg(pl.col("label").cast(pl.Float64).sum().alias("_pos"), pl.len().alias("_n"))
-        .sort(key, "timestamp")
-        .with_columns(
-            pl.col("_pos").cum_sum().over(key).alias("_pos_upto"),
-            pl.col("_n").cum_sum().over(key).alias("_n_upto"),
-        )
-        .select(key, "timestamp", "_pos_upto", "_n_upto")
-        .sort("timestamp")
-    )
-    joined = (
-        samples.select(key, "timestamp")
-        .with_row_index("_r")
-        .sort("timestamp")
-        .join_asof(
-            totals,
-            on="timestamp",
-            by=key,
-            strategy="backward",
-            allow_exact_matches=False,
-            check_sortedness=False,
-        )
-        .sort("_r")
-    )
-    pos = joined["_pos_upto"].fill_null(0.0).to_numpy()
-    n = joined["_n_upto"].fill_null(0).to_numpy().astype(np.float64)
-    return (pos + strength * prior) / (n + strength)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
 
 
 @dataclass
@@ -67,6 +27,7 @@ class BaselineResult:
     test_logloss: float
     seconds: float
     model: LogisticRegression
+    test_probs: np.ndarray  # click probability per test row (for slices of the test split)
 
 
 def rate_features(
@@ -76,7 +37,7 @@ def rate_features(
     samples = features.samples[split]
     item = rates_before(features.events, samples, "item_id", prior, strength)
     user = rates_before(features.events, samples, "user_id", prior, strength)
-    return np.column_stack([_logit(item), _logit(user)])
+    return np.column_stack([logit(item), logit(user)])
 
 
 def fit_rate_baseline(features: CTRFeatures, prior_strength: float = 10.0) -> BaselineResult:
@@ -94,4 +55,5 @@ def fit_rate_baseline(features: CTRFeatures, prior_strength: float = 10.0) -> Ba
         test_logloss=logloss(y["test"], p["test"]),
         seconds=time.perf_counter() - start,
         model=model,
+        test_probs=p["test"],
     )

@@ -18,6 +18,16 @@ class ModelConfig(BaseModel):
     batch_size: int = Field(1024, ge=1)
     max_epochs: int = Field(20, ge=1)
     patience: int = Field(2, ge=1)  # epochs without a better validation AUC before stopping
+    # regularisation a practitioner sets: L2 on the embedding tables (Adam weight decay on
+    # them only) and an exponential learning-rate decay per epoch (1.0: constant)
+    embedding_weight_decay: float = Field(0.03, ge=0.0)
+    lr_decay: float = Field(0.8, gt=0.0, le=1.0)
+    # knowledge: each training row's knowledge dropped with this probability; weight decay
+    # on the adaptor and the knowledge projections (pulls useless knowledge towards closed)
+    knowledge_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    knowledge_weight_decay: float = Field(0.0, ge=0.0)
+    # the knowledge parameters' learning rate, as a multiple of lr (they start at zero)
+    knowledge_lr_scale: float = Field(1.0, gt=0.0)
 
 
 class DeepFMConfig(ModelConfig):

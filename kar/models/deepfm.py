@@ -17,7 +17,7 @@ class DeepFM(CTRModel):
     def __init__(self, spec: FeatureSpec, config: DeepFMConfig, knowledge_dim: int = 0) -> None:
         super().__init__(spec, config, knowledge_dim)
         n_fields = self.inputs.n_fields + 1
-        self.first_order = FirstOrder(spec, self.inputs.dense_dim)
+        self.first_order = FirstOrder(spec)
         deep_in = n_fields * config.embedding_dim + self.inputs.dense_dim
         self.deep = mlp(deep_in, config.mlp_hidden, 1, config.dropout)
 

@@ -46,7 +46,9 @@ class Bilinear(nn.Module):
 
 
 class FiBiNet(CTRModel):
-    """Bilinear over raw and SENET-weighted fields, concatenated with dense -> deep tower."""
+    """Bilinear over raw and SENET-weighted fields, concatenated with the fields themselves and
+    the dense input -> deep tower. (The raw fields are kept, as in FiBiNET++: with embeddings
+    held small by weight decay, products of pairs alone carry too little signal to learn.)"""
 
     config_class = FiBiNetConfig
 
@@ -56,10 +58,12 @@ class FiBiNet(CTRModel):
         self.senet = SENet(n_fields, config.reduction_ratio)
         self.bilinear = Bilinear(n_fields, e, config.bilinear_type)
         pairs = n_fields * (n_fields - 1) // 2
-        self.deep = mlp(2 * pairs * e + self.inputs.dense_dim, config.mlp_hidden, 1, config.dropout)
+        deep_in = (n_fields + 2 * pairs) * e + self.inputs.dense_dim
+        self.deep = mlp(deep_in, config.mlp_hidden, 1, config.dropout)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)
-        x = [self.bilinear(fields), self.bilinear(self.senet(fields)), inputs.dense]
+        x = [fields.flatten(1), self.bilinear(fields), self.bilinear(self.senet(fields))]
+        x.append(inputs.dense)
         return self.deep(torch.cat(x, dim=-1)).squeeze(-1)

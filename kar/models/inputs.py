@@ -4,8 +4,10 @@ Index 0 is always padding / unknown. Id-embedding vocabularies are fitted on his
 only, so ids first seen in valid / test map to 0. Knowledge is looked up through a separate
 index over every user and item of the dataset (``user_k`` / ``item_k``): the LLM's knowledge
 of an item never seen in training still reaches the model (KAR's cold-start benefit).
-Behaviour sequences hold the user's last ``history_len`` positive items strictly before each
-sample's timestamp, over all interactions.
+Behaviour sequences hold the user's last ``history_len`` interactions strictly before each
+sample's timestamp, over all interactions, with each one's label (``history_label``: 2 clicked,
+1 not, 0 padding) and its knowledge index (``history_k``). Point-in-time counters
+(:mod:`kar.models.counters`, standardised on train) are the dense input of every backbone.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import polars as pl
 
 from kar.data.schema import Dataset, Split
 from kar.errors import DataValidationError
+from kar.models.counters import COUNTER_NAMES, counter_matrix
 from kar.vectors import vector_matrix
 
 if TYPE_CHECKING:
@@ -58,13 +61,11 @@ def knowledge_matrix(
     return matrix, missing
 
 
-def behaviour_sequences(
-    events: pl.DataFrame, samples: pl.DataFrame, item_idx: pl.Series, length: int
-) -> np.ndarray:
-    """(n_samples, length) item indices: each sample's user's last positives strictly before it.
+def behaviour_sequences(events: pl.DataFrame, samples: pl.DataFrame, length: int) -> np.ndarray:
+    """(n_samples, length) row numbers into ``events``: each sample's user's last ``length``
+    interactions (positive or negative) strictly before it, oldest first, -1 for padding.
 
-    ``events`` (user_id, timestamp, label, item_idx) are all interactions; sequences are
-    oldest-first and left-padded with 0. Vectorised with one searchsorted.
+    ``events`` (user_id, timestamp, ...) are all interactions. Vectorised with one searchsorted.
     """
     users = pl.concat([events["user_id"], samples["user_id"]]).unique().sort()
     times = pl.concat([events["timestamp"], samples["timestamp"]]).unique().sort()
@@ -78,19 +79,24 @@ def behaviour_sequences(
         )
         return coded["_u"].to_numpy() * span + coded["_t"].to_numpy()
 
-    positives = events.with_columns(item_idx.alias("_item")).filter(pl.col("label") == 1)
-    pos_keys = keys(positives)
-    order = np.argsort(pos_keys, kind="stable")
-    pos_keys = pos_keys[order]
-    pos_items = positives["_item"].to_numpy()[order]
+    event_keys = keys(events)
+    order = np.argsort(event_keys, kind="stable")
+    event_keys = event_keys[order]
 
     sample_keys = keys(samples)
-    end = np.searchsorted(pos_keys, sample_keys, side="left")  # strictly before (user, ts)
-    start = np.searchsorted(pos_keys, (sample_keys // span) * span, side="left")  # user's first
+    end = np.searchsorted(event_keys, sample_keys, side="left")  # strictly before (user, ts)
+    start = np.searchsorted(event_keys, (sample_keys // span) * span, side="left")  # user's first
     idx = end[:, None] - length + np.arange(length)[None, :]
     valid = idx >= start[:, None]
-    gathered = pos_items[np.clip(idx, 0, max(len(pos_items) - 1, 0))] if len(pos_items) else 0
-    return np.where(valid, gathered, 0).astype(np.int64)
+    gathered = order[np.clip(idx, 0, max(len(order) - 1, 0))] if len(order) else 0
+    return np.where(valid, gathered, -1).astype(np.int64)
+
+
+def _gather(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` with 0 where ``rows`` is -1 (padding)."""
+    if len(values) == 0:
+        return np.zeros(rows.shape, dtype=np.int64)
+    return np.where(rows >= 0, values[np.clip(rows, 0, None)], 0).astype(np.int64)
 
 
 @dataclass
@@ -110,6 +116,8 @@ class CTRFeatures:
     arrays: dict[str, dict[str, np.ndarray]]  # split -> name -> array
     samples: dict[str, pl.DataFrame]  # split -> user_id, item_id, timestamp, label
     events: pl.DataFrame  # every interaction (history + splits): user_id, item_id, timestamp, label
+    # split -> {"user": .., "item": ..}: interactions in history + train of each row's user / item
+    fit_counts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     user_knowledge: np.ndarray | None = None  # (knowledge_users.height + 1, d)
     item_knowledge: np.ndarray | None = None  # (knowledge_items.height + 1, d)
     user_missing: np.ndarray | None = None  # 1.0 where no knowledge
@@ -135,7 +143,7 @@ class CTRFeatures:
         return int(self.user_knowledge.shape[1])  # type: ignore[union-attr]
 
     def tensors(self, split: str) -> dict[str, torch.Tensor]:
-        """The split's arrays as torch tensors (labels float32, the rest int64)."""
+        """The split's arrays as torch tensors (labels and counters float32, the rest int64)."""
         import torch
 
         if split not in self.arrays:
@@ -175,6 +183,26 @@ class CTRFeatures:
             user_missing=user_missing,
             item_knowledge=item_k,
             item_missing=item_missing,
+        )
+
+    def with_shuffled_knowledge(self, seed: int = 0) -> CTRFeatures:
+        """The control arm: the same raw knowledge vectors permuted across the entities that
+        have knowledge (per kind), so the distribution is kept and the information is gone."""
+        if not self.has_knowledge:
+            raise ValueError("these features carry no knowledge to shuffle")
+        rng = np.random.default_rng(seed)
+
+        def permute(matrix: np.ndarray, missing: np.ndarray) -> np.ndarray:
+            rows = np.flatnonzero(missing == 0)
+            out = matrix.copy()
+            out[rows] = matrix[rng.permutation(rows)]
+            return out
+
+        return dataclasses.replace(
+            self,
+            user_knowledge=permute(self.user_knowledge, self.user_missing),  # type: ignore[arg-type]
+            item_knowledge=permute(self.item_knowledge, self.item_missing),  # type: ignore[arg-type]
+            meta={**self.meta, "knowledge": f"shuffled-seed{seed}"},
         )
 
     def without_knowledge(self) -> CTRFeatures:
@@ -266,10 +294,28 @@ class CTRFeatures:
             }
         )
 
-        events = pl.concat([frames[k] for k in ("history", *SPLITS)]).sort("user_id", "timestamp")
-        event_items = _lookup(events, "item_id", items, "item_idx")
+        events = pl.concat([frames[k] for k in ("history", *SPLITS)]).sort(
+            "user_id", "timestamp", maintain_order=True
+        )
+        event_items = _lookup(events, "item_id", items, "item_idx").to_numpy()
+        event_items_k = _lookup(events, "item_id", k_items, "item_k").to_numpy()
+        event_labels = events["label"].to_numpy().astype(np.int64) + 1  # 1 not clicked, 2 clicked
+
+        prior = float(frames["train"]["label"].cast(pl.Float64).mean() or 0.5)
+        counters = {s: counter_matrix(events, frames[s], prior) for s in SPLITS}
+        width = len(COUNTER_NAMES)
+        c_mean = counters["train"].mean(0) if len(counters["train"]) else np.zeros(width)
+        c_std = counters["train"].std(0) if len(counters["train"]) else np.ones(width)
+        c_std = np.where(c_std > 1e-6, c_std, 1.0)
+        fit_user_n = fit.group_by("user_id").len("_n")
+        fit_item_n = fit.group_by("item_id").len("_n")
+
+        def fit_count(frame: pl.DataFrame, key: str, table: pl.DataFrame) -> np.ndarray:
+            joined = frame.select(key).join(table, on=key, how="left", maintain_order="left")
+            return joined["_n"].fill_null(0).to_numpy().astype(np.int64)
 
         arrays: dict[str, dict[str, np.ndarray]] = {}
+        fit_counts: dict[str, dict[str, np.ndarray]] = {}
         for s in SPLITS:
             frame = frames[s]
             ua = frame.select("user_id").join(
@@ -278,10 +324,11 @@ class CTRFeatures:
             ia = frame.select("item_id").join(
                 item_table, on="item_id", how="left", maintain_order="left"
             )
-            rows = ia["_row"].fill_null(-1).to_numpy()
-            known = rows >= 0
+            item_rows = ia["_row"].fill_null(-1).to_numpy()
+            known = item_rows >= 0
             genres = np.zeros((frame.height, max_genres), dtype=np.int64)
-            genres[known] = genre_pad[rows[known]]
+            genres[known] = genre_pad[item_rows[known]]
+            seq = behaviour_sequences(events, frame, history_len)
             arrays[s] = {
                 "user": _lookup(frame, "user_id", users, "user").to_numpy(),
                 "item": _lookup(frame, "item_id", items, "item").to_numpy(),
@@ -297,8 +344,15 @@ class CTRFeatures:
                 .to_numpy()
                 .astype(np.int64),
                 "genres": genres,
-                "history": behaviour_sequences(events, frame, event_items, history_len),
+                "history": _gather(event_items, seq),
+                "history_k": _gather(event_items_k, seq),
+                "history_label": _gather(event_labels, seq),
+                "counters": ((counters[s] - c_mean) / c_std).astype(np.float32),
                 "label": frame["label"].to_numpy().astype(np.float32),
+            }
+            fit_counts[s] = {
+                "user": fit_count(frame, "user_id", fit_user_n),
+                "item": fit_count(frame, "item_id", fit_item_n),
             }
             arrays[s] = {k: np.require(v, requirements=["C", "W"]) for k, v in arrays[s].items()}
 
@@ -316,6 +370,7 @@ class CTRFeatures:
             arrays=arrays,
             samples={s: frames[s] for s in SPLITS},
             events=events,
+            fit_counts=fit_counts,
             meta={"dataset": ds.name},
         )
         if knowledge_users is not None and knowledge_items is not None:

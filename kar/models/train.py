@@ -11,6 +11,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +53,45 @@ class KARModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         know = None
         if self.adaptor is not None:
-            u, i = batch["user_k"], batch["item_k"]
-            user_vec, item_vec = self.adaptor(self.user_knowledge[u], self.item_knowledge[i])
-            know = Knowledge(user_vec, item_vec, self.user_missing[u], self.item_missing[i])
+            u, i, h = batch["user_k"], batch["item_k"], batch["history_k"]
+            # the adaptor runs once per distinct item of the batch (targets and histories)
+            distinct, inverse = torch.unique(torch.cat([i, h.flatten()]), return_inverse=True)
+            user_vec = self.adaptor.encode("user", self.user_knowledge[u])
+            item_vecs = self.adaptor.encode("item", self.item_knowledge[distinct])[inverse]
+            n = len(i)
+            know = Knowledge(
+                user=user_vec,
+                item=item_vecs[:n],
+                history=item_vecs[n:].view(*h.shape, -1),
+                user_missing=self.user_missing[u],
+                item_missing=self.item_missing[i],
+                history_missing=self.item_missing[h],
+            )
         return self.backbone(batch, know)
+
+    def parameter_groups(self, config: ModelConfig) -> list[dict[str, Any]]:
+        """Adam groups: embedding tables, knowledge (adaptor + projections), the rest; each
+        with its own weight decay."""
+        groups: dict[str, list[nn.Parameter]] = {"embedding": [], "knowledge": [], "other": []}
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        for name, param in self.named_parameters():
+            if _is_knowledge_parameter(name):
+                groups["knowledge"].append(param)
+            elif id(param) in embeddings:
+                groups["embedding"].append(param)
+            else:
+                groups["other"].append(param)
+        decay = {
+            "embedding": config.embedding_weight_decay,
+            "knowledge": config.knowledge_weight_decay,
+            "other": config.weight_decay,
+        }
+        scale = {"knowledge": config.knowledge_lr_scale}
+        return [
+            {"params": p, "weight_decay": decay[k], "lr": config.lr * scale.get(k, 1.0)}
+            for k, p in groups.items()
+            if p
+        ]
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """The backbone's auxiliary loss term of the last training forward pass, or None."""
@@ -72,7 +108,7 @@ class TrainResult:
     valid_logloss: float
     test_auc: float
     test_logloss: float
-    best_epoch: int  # 1-based
+    best_epoch: int  # 1-based; 0: the warm start was kept
     epochs_run: int
     seconds: float
     seconds_per_epoch: float
@@ -154,7 +190,27 @@ def build_model(
     return KARModel(net, adaptor, features.knowledge_tensors()), config
 
 
-def _better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
+@torch.no_grad()
+def fit_wide_term(model: KARModel, train: dict[str, torch.Tensor]) -> None:
+    """Start the wide term where a logistic regression on the train counters ends, so every
+    backbone starts from (about) the trivial baseline and learns what the counters miss."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels = train["label"].numpy()
+    if len(np.unique(labels)) < 2:
+        return
+    lr = LogisticRegression().fit(train["counters"].numpy(), labels)
+    wide = model.backbone.wide
+    wide.weight.copy_(torch.from_numpy(lr.coef_.astype(np.float32)))
+    wide.bias.copy_(torch.from_numpy(lr.intercept_.astype(np.float32)))
+
+
+def _is_knowledge_parameter(name: str) -> bool:
+    """Parameters a model without knowledge does not have (adaptor, knowledge projections)."""
+    return name.startswith("adaptor.") or ".user_proj." in name or ".item_proj." in name
+
+
+def is_better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
     """Higher AUC wins (lower LogLoss when AUC is undefined)."""
     if best is None:
         return True
@@ -171,11 +227,17 @@ def train_ctr(
     seed: int = 0,
     progress: bool = False,
     evaluate_test: bool = True,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``backbone`` (with the adaptor jointly when ``adaptor_config`` is given).
 
     ``evaluate_test=False`` leaves the test split unread (test metrics NaN), e.g. for the
-    trials of a hyper-parameter search chosen on validation.
+    trials of a hyper-parameter search chosen on validation. ``init_state``: warm start from
+    the state dict of a trained model without knowledge (same backbone and config): the
+    knowledge model starts as that same function (its knowledge projections start at zero).
+    Without it, the wide term starts from a logistic regression on the train counters. The
+    starting point is epoch 0 of the selection on validation, so knowledge that does not
+    help on validation leaves the model as it was.
     """
     set_seed(seed)
     model, config = build_model(features, backbone, model_config, adaptor_config)
@@ -183,12 +245,23 @@ def train_ctr(
     n = len(train["label"])
     if n == 0:
         raise ConfigError("the train split is empty")
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if init_state is not None:
+        missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
+        foreign = [k for k in missing if not _is_knowledge_parameter(k)] + list(unexpected)
+        if foreign:
+            raise ConfigError(
+                f"cannot warm-start {backbone} from a model with other parameters: {foreign[:3]}"
+            )
+    else:
+        fit_wide_term(model, train)
+    # the starting point is epoch 0 of the selection on validation
+    best = evaluate(model, valid)
+    best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
+    history: list[dict[str, float]] = [{"epoch": 0, "valid_auc": best[0], "valid_logloss": best[1]}]
+    optimiser = torch.optim.Adam(model.parameter_groups(config), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    best: tuple[float, float] | None = None
-    best_state, best_epoch, stale = None, 0, 0
     start = time.perf_counter()
     train_seconds = 0.0
     for epoch in range(1, config.max_epochs + 1):
@@ -207,6 +280,7 @@ def train_ctr(
             loss.backward()
             optimiser.step()
             total += loss.item() * len(idx)
+        scheduler.step()
         train_seconds += time.perf_counter() - t0
         score = evaluate(model, valid)
         row = {"epoch": epoch, "train_loss": total / n}  # CTR loss + auxiliary term
@@ -220,7 +294,7 @@ def train_ctr(
                 f"[{backbone}{' +knowledge' if model.adaptor else ''} seed {seed}] epoch {epoch}: "
                 f"train loss {total / n:.4f}, valid AUC {score[0]:.4f}, LogLoss {score[1]:.4f}"
             )
-        if _better(score, best):
+        if is_better(score, best):
             best, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
@@ -232,7 +306,7 @@ def train_ctr(
     test_auc, test_logloss = (
         evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
     )
-    epochs_run = len(history)
+    epochs_run = sum(1 for row in history if row["epoch"] > 0)
     return TrainResult(
         backbone=backbone,
         seed=seed,
@@ -243,7 +317,7 @@ def train_ctr(
         best_epoch=best_epoch,
         epochs_run=epochs_run,
         seconds=time.perf_counter() - start,
-        seconds_per_epoch=train_seconds / epochs_run,
+        seconds_per_epoch=train_seconds / max(epochs_run, 1),
         model=model,
         adaptor=model.adaptor,
         model_config=config,

@@ -39,7 +39,7 @@ class XDeepFM(CTRModel):
     def __init__(self, spec: FeatureSpec, config: XDeepFMConfig, knowledge_dim: int = 0) -> None:
         super().__init__(spec, config, knowledge_dim)
         n_fields = self.inputs.n_fields + 1
-        self.first_order = FirstOrder(spec, self.inputs.dense_dim)
+        self.first_order = FirstOrder(spec)
         self.cin = CIN(n_fields, config.cin_layers)
         self.cin_out = nn.Linear(self.cin.out_dim, 1)
         deep_in = n_fields * config.embedding_dim + self.inputs.dense_dim

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from kar.data.schema import TIMESTAMP, Dataset
 from kar.errors import DataValidationError
-from kar.prompts.sanitize import clean_text, quote, quote_data
-from kar.prompts.scenario import Scenario
+from kar.prompts.sanitize import clean_passage, clean_text, quote, quote_data
 from kar.records import KIND_ITEM, KIND_USER, PromptRecord
+
+if TYPE_CHECKING:  # scenario.py imports this module to check its templates
+    from kar.prompts.scenario import Scenario
 
 _ITEM_CORE = ("item_id", "title", "year", "genres", "creator")
 
@@ -47,7 +49,7 @@ def build_user_prompts(
         cutoffs = order.join(cutoffs, on="user_id", how="left", maintain_order="left")
 
     histories = _recent_histories(ds, cutoffs, scenario.history_length)
-    item_info = _item_lookup(ds.items, scenario, set(_flatten(histories, "item_id")))
+    item_info = item_titles(ds.items, scenario, set(_flatten(histories, "item_id")))
     profiles = _profiles(ds.users, scenario, cutoffs["user_id"])
     system = scenario.render_system()
 
@@ -63,7 +65,7 @@ def build_user_prompts(
                 kind=KIND_USER,
                 scenario=scenario.name,
                 prompt_version=scenario.version,
-                messages=_messages(system, scenario.render_user(variables)),
+                messages=chat_messages(system, scenario.render_user(variables)),
                 as_of=cutoff,
                 context_text=variables["history_text"],
             )
@@ -75,7 +77,7 @@ def build_item_prompts(
     ds: Dataset, scenario: Scenario, item_ids: Iterable[str] | None = None
 ) -> list[PromptRecord]:
     """One KIND_ITEM prompt per item of ``ds.items`` (or of ``item_ids``, in that order)."""
-    items = _require(ds.items, ("item_id", "title"), "items table")
+    items = require_columns(ds.items, ("item_id", "title"), "items table")
     if item_ids is not None:
         wanted = [str(i) for i in item_ids]
         missing = sorted(set(wanted) - set(items["item_id"].to_list()))
@@ -101,7 +103,7 @@ def build_item_prompts(
                 kind=KIND_ITEM,
                 scenario=scenario.name,
                 prompt_version=scenario.version,
-                messages=_messages(system, scenario.render_item(variables)),
+                messages=chat_messages(system, scenario.render_item(variables)),
                 as_of=None,
                 context_text=context,
             )
@@ -149,10 +151,11 @@ def _item_vars(row: dict[str, Any], scenario: Scenario) -> tuple[dict[str, Any],
     title = clean_text(row.get("title"), scenario.title_max_chars) or f"item {row['item_id']}"
     year = row.get("year")
     genres = [g for g in (clean_text(x, cap) for x in (row.get("genres") or [])) if g]
+    texts = item_texts(row, scenario)
     attributes = {
         k: quote_data(v, cap)
         for k, v in row.items()
-        if k not in _ITEM_CORE and v is not None and clean_text(v, cap)
+        if k not in _ITEM_CORE and k not in texts and v is not None and clean_text(v, cap)
     }
     variables = {
         "title": quote(title),
@@ -161,11 +164,25 @@ def _item_vars(row: dict[str, Any], scenario: Scenario) -> tuple[dict[str, Any],
         "genres_text": ", ".join(quote(g) for g in genres),
         "creator": quote_data(row.get("creator"), cap) or None,
         "attributes": attributes,
+        "texts": texts,
+        "item_text": "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in texts.items()),
     }
     context = title + (f" ({year})" if year is not None else "")
     if genres:
         context += ", " + ", ".join(genres)
     return variables, context
+
+
+def item_texts(row: dict[str, Any], scenario: Scenario) -> dict[str, str]:
+    """The scenario's ``item_text_columns`` present in ``row`` and not empty, each cleaned
+    (:func:`~kar.prompts.sanitize.clean_passage`: injection markers stripped), capped at
+    ``item_text_max_chars`` and quoted: grounding data for the item-fact question."""
+    out = {}
+    for column in scenario.item_text_columns:
+        text = clean_passage(row.get(column), scenario.item_text_max_chars)
+        if text:
+            out[column] = quote(text)
+    return out
 
 
 def sample_user_vars(scenario: Scenario, empty: bool = False) -> dict[str, Any]:
@@ -180,10 +197,12 @@ def sample_user_vars(scenario: Scenario, empty: bool = False) -> dict[str, Any]:
 def sample_item_vars(scenario: Scenario) -> dict[str, Any]:
     """Representative item-template variables (used to check a scenario at load time)."""
     row = {"item_id": "1", "title": "Sample Title", "year": 1999, "genres": ["Drama"]}
-    return _item_vars({**row, "creator": "Sample Creator"}, scenario)[0]
+    texts = {c: "Sample text." for c in scenario.item_text_columns}
+    return _item_vars({**row, "creator": "Sample Creator", **texts}, scenario)[0]
 
 
-def _messages(system: str, user: str) -> tuple[dict[str, str], ...]:
+def chat_messages(system: str, user: str) -> tuple[dict[str, str], ...]:
+    """The system and user turns of one prompt."""
     return ({"role": "system", "content": system}, {"role": "user", "content": user})
 
 
@@ -200,7 +219,7 @@ def _as_of_frame(ds: Dataset, as_of: pl.DataFrame | datetime) -> pl.DataFrame:
         as_of = pl.DataFrame({"user_id": ids.unique(maintain_order=True)}).with_columns(
             as_of=pl.lit(as_of.astimezone(UTC))
         )
-    frame = _require(as_of, ("user_id", "as_of"), "as_of table")
+    frame = require_columns(as_of, ("user_id", "as_of"), "as_of table")
     dtype = frame.schema["as_of"]
     if not isinstance(dtype, pl.Datetime) or dtype.time_zone is None:
         raise DataValidationError(
@@ -233,7 +252,9 @@ def _recent_histories(
     ds: Dataset, cutoffs: pl.DataFrame, n: int
 ) -> dict[str, dict[str, list[Any]]]:
     """user_id -> {item_id, rating, label}: last ``n`` interactions strictly before as_of."""
-    inter = _require(ds.interactions, ("user_id", "item_id", "timestamp"), "interactions table")
+    inter = require_columns(
+        ds.interactions, ("user_id", "item_id", "timestamp"), "interactions table"
+    )
     extra = [pl.lit(None, pl.Float64).alias(c) for c in ("rating",) if c not in inter.columns]
     extra += [pl.lit(None, pl.Int8).alias(c) for c in ("label",) if c not in inter.columns]
     grouped = (
@@ -256,11 +277,11 @@ def _recent_histories(
     return {row["user_id"]: row for row in grouped.iter_rows(named=True)}
 
 
-def _item_lookup(
+def item_titles(
     items: pl.DataFrame, scenario: Scenario, item_ids: set[str]
 ) -> dict[str, tuple[str, int | None]]:
     """item_id -> (quoted clean title, year) for the items that appear in histories."""
-    items = _require(items, ("item_id", "title"), "items table")
+    items = require_columns(items, ("item_id", "title"), "items table")
     year = pl.col("year") if "year" in items.columns else pl.lit(None, pl.Int32).alias("year")
     subset = items.select(pl.col("item_id").cast(pl.Utf8), "title", year).filter(
         pl.col("item_id").is_in(list(item_ids))
@@ -288,7 +309,8 @@ def _profiles(
     }
 
 
-def _require(frame: pl.DataFrame, columns: Sequence[str], name: str) -> pl.DataFrame:
+def require_columns(frame: pl.DataFrame, columns: Sequence[str], name: str) -> pl.DataFrame:
+    """``frame``, or a DataValidationError naming the first of ``columns`` it lacks."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataValidationError(

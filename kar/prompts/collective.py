@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from kar.prompts.builders import _item_lookup, _messages, _require
+from kar.prompts.builders import chat_messages, item_titles, require_columns
 from kar.prompts.sanitize import quote
-from kar.prompts.scenario import Scenario
 from kar.records import KIND_ITEM, KIND_USER, PromptRecord
+
+if TYPE_CHECKING:  # scenario.py imports this module to check its templates
+    from kar.prompts.scenario import Scenario
 
 CLUSTER_PREFIX = "cluster:"
 
@@ -44,14 +46,14 @@ def build_cluster_prompts(
     ``interactions`` must already be limited to what the knowledge may see (leakage
     safety: history before the as-of instant). Entity ids are :func:`cluster_entity_id`.
     """
-    _require(membership, ("entity_type", "entity_id", "cluster"), "cluster membership")
-    inter = _require(interactions, ("user_id", "item_id"), "interactions table")
+    require_columns(membership, ("entity_type", "entity_id", "cluster"), "cluster membership")
+    inter = require_columns(interactions, ("user_id", "item_id"), "interactions table")
     label = inter["label"] if "label" in inter.columns else pl.lit(None, pl.Int8)
     inter = inter.select(
         pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8), label.alias("label")
     )
     shown = scenario.collective_templates.members_shown
-    info = _item_lookup(items, scenario, set(inter["item_id"].unique().to_list()))
+    info = item_titles(items, scenario, set(inter["item_id"].unique().to_list()))
     genres = _genres(items)
     system = scenario.render_system()
     version = scenario.collective_version
@@ -77,7 +79,9 @@ def build_cluster_prompts(
                     kind=KIND_USER if entity_type == "user" else KIND_ITEM,
                     scenario=scenario.name,
                     prompt_version=version,
-                    messages=_messages(system, scenario.render_collective(entity_type, variables)),
+                    messages=chat_messages(
+                        system, scenario.render_collective(entity_type, variables)
+                    ),
                     as_of=as_of,
                     context_text=variables[text_key],
                 )

@@ -12,6 +12,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from kar.errors import ConfigError
+from kar.prompts.builders import sample_item_vars, sample_user_vars
+from kar.prompts.collective import sample_collective_vars
 from kar.records import KIND_ITEM, KIND_USER, SamplingParams, stable_hash
 from kar.resources import bundled_dir
 
@@ -85,7 +87,8 @@ class Scenario(BaseModel):
     user_template: ``item_noun, factors, history`` (list of {title, year, rating, liked,
     line}), ``history_text``, ``n_history``, ``profile``, ``user`` (attribute -> value);
     item_template: ``item_noun, factors, title, year, genres`` (list), ``genres_text``,
-    ``creator``, ``attributes``.
+    ``creator``, ``attributes``, ``texts`` (item_text_columns -> quoted passage) and
+    ``item_text`` (them as ``column: "..."`` lines; empty when none).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,6 +106,10 @@ class Scenario(BaseModel):
     text_max_chars: int = Field(80, ge=8, le=2000)  # creators, genres, attributes
     rating_max: float | None = Field(5.0, gt=0)
     user_attributes: list[str] = Field(default_factory=list)  # users columns in the profile
+    # items columns of free text (description, tags, ...) quoted into the item question as
+    # grounding data (variables ``texts`` / ``item_text``); absent columns are skipped
+    item_text_columns: list[str] = Field(default_factory=list)
+    item_text_max_chars: int = Field(400, ge=16, le=8000)
     empty_history_text: str = "No history yet."
     generation: GenerationLimits = Field(default_factory=GenerationLimits)
     # collective (cluster) questions; None: the generic defaults of CollectiveTemplates
@@ -159,14 +166,10 @@ class Scenario(BaseModel):
     def check(self) -> None:
         """Render every template with sample values: catches undefined variables and
         sandbox violations at load time rather than mid-run."""
-        from kar.prompts.builders import sample_item_vars, sample_user_vars
-
         self.render_system()
         self.render_user(sample_user_vars(self))
         self.render_item(sample_item_vars(self))
         if self.collective is not None:
-            from kar.prompts.collective import sample_collective_vars
-
             for entity_type in ("user", "item"):
                 self.render_collective(entity_type, sample_collective_vars(self, entity_type))
 
@@ -189,6 +192,8 @@ class Scenario(BaseModel):
                 "text_max_chars": self.text_max_chars,
                 "rating_max": self.rating_max,
                 "user_attributes": self.user_attributes,
+                "item_text_columns": self.item_text_columns,
+                "item_text_max_chars": self.item_text_max_chars,
                 "empty_history_text": self.empty_history_text,
             },
             length=12,

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import typer
 
+from kar.cli_helpers import PROJECT_DIR, console, guard, open_project
+
 refresh_app = typer.Typer(
     help="Refresh knowledge for users with new interactions and items new to the catalog.",
     invoke_without_command=True,
 )
-_PROJECT = typer.Option(Path("."), "--project", "-p", help="Project folder (with kar.yaml).")
 
 
 @refresh_app.callback()
 def refresh_command(
     ctx: typer.Context,
-    project: Path = _PROJECT,
+    project: Path = PROJECT_DIR,
     every: str | None = typer.Option(
         None, "--every", help="Run periodically, e.g. 30m, 1h, 1d (Ctrl-C stops)."
     ),
@@ -25,24 +26,25 @@ def refresh_command(
     """Run one incremental refresh (for cron or Airflow), or every ``--every``."""
     if ctx.invoked_subcommand is not None:
         return
-    from kar.cli import _project, _run, console
-    from kar.refresh import parse_interval, refresh, run_every
+    from kar.refresh import parse_interval, run_every
+
+    proj = open_project(project)
 
     def once() -> None:
-        report = refresh(_project(project), source=source)
+        report = proj.refresh(source=source)
         console.print(f"[green]refresh[/green] {report.summary()}")
 
     if every is None:
-        _run(once)
+        guard(once)
     else:
-        seconds = _run(parse_interval, every)
+        seconds = guard(parse_interval, every)
         console.print(f"refreshing every {every}; Ctrl-C stops")
-        _run(run_every, seconds, once)
+        guard(run_every, seconds, once)
 
 
 @refresh_app.command("stream")
 def stream_command(
-    project: Path = _PROJECT,
+    project: Path = PROJECT_DIR,
     url: str = typer.Option("redis://127.0.0.1:6379/0", envvar="KAR_REDIS_URL"),
     stream: str = typer.Option("kar:interactions", help="Redis Stream of interaction events."),
     group: str = typer.Option("kar-refresh", help="Consumer group."),
@@ -52,12 +54,13 @@ def stream_command(
     max_batches: int | None = typer.Option(None, help="Stop after this many micro-batches."),
 ) -> None:
     """Consume interaction events from a Redis Stream and refresh the users they touch."""
-    from kar.cli import _project, _run, console
     from kar.refresh.stream import StreamRefresher
+
+    proj = open_project(project)
 
     def go() -> int:
         refresher = StreamRefresher(
-            _project(project),
+            proj.folder,
             url=url,
             stream=stream,
             group=group,
@@ -72,4 +75,4 @@ def stream_command(
             max_batches, on_batch=lambda r: console.print(f"[green]batch[/green] {r.summary()}")
         )
 
-    _run(go)
+    guard(go)

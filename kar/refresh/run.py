@@ -20,24 +20,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from kar.errors import KarError
+from kar.generation.imports import imported_since
+from kar.pipeline import answer_prompts, load_data, load_scenario, make_encoder
 from kar.refresh.report import RefreshReport
 from kar.refresh.state import PendingRun, RefreshState
 
 if TYPE_CHECKING:
     from kar.data.schema import Dataset
-    from kar.project import Project
+    from kar.encoding import EntityVectors
+    from kar.generation import KnowledgeStore
+    from kar.project import ProjectFolder
 
 # Test hook: name of a stage after which the process kills itself with SIGKILL.
 FAULT_ENV = "KAR_REFRESH_KILL_AFTER"
 STAGES = ("read", "generate", "encode", "adapt", "offline", "online", "commit")
 
 
-def default_source(project: Project) -> str:
+def default_source(project: ProjectFolder) -> str:
     """The data source name of a project's interactions: ``<kind>:<path>``."""
     ds = project.settings.dataset
     return f"{ds.kind}:{ds.path}"
@@ -81,7 +85,7 @@ def plan_refresh(
 
 
 def refresh(
-    project: Project,
+    project: ProjectFolder,
     *,
     source: str | None = None,
     dataset: Dataset | None = None,
@@ -94,7 +98,6 @@ def refresh(
     ``initial_watermark``) and the catalog: the full pipeline built the knowledge so far.
     """
     from kar.generation import KnowledgeStore
-    from kar.pipeline import load_data
 
     source = source or default_source(project)
     store = KnowledgeStore(project.knowledge_store_url)
@@ -117,6 +120,13 @@ def refresh(
             users, items, events, new_wm = plan_refresh(
                 dataset.interactions, catalog, watermark, state.known_items(source)
             )
+            # texts imported (`kar knowledge import`) since the last run are re-published too
+            new_users, new_items = imported_since(
+                store, project.settings.scenario, state.last_started(source)
+            )
+            known_users = set(dataset.users["user_id"].to_list())
+            users = sorted(set(users) | {u for u in new_users if u in known_users})
+            items = sorted(set(items) | (set(new_items) & set(catalog)))
             run = state.start(source, watermark, new_wm, users, items, events)
         else:
             run = pending
@@ -133,9 +143,9 @@ def refresh(
 
 
 def execute_run(
-    project: Project,
+    project: ProjectFolder,
     state: RefreshState,
-    store: Any,
+    store: KnowledgeStore,
     run: PendingRun,
     dataset: Dataset,
     report: RefreshReport,
@@ -168,30 +178,29 @@ def execute_run(
 
 
 def _generate(
-    project: Project,
-    store: Any,
+    project: ProjectFolder,
+    store: KnowledgeStore,
     dataset: Dataset,
     run: PendingRun,
     as_of: datetime,
     report: RefreshReport,
     progress: bool,
 ) -> None:
-    from kar.pipeline import answer_prompts
-    from kar.prompts import Scenario, build_item_prompts, build_user_prompts
+    from kar.prompts import build_item_prompts, build_user_prompts
 
-    scenario = Scenario.load(project.settings.scenario, search_dirs=project.prompt_dirs)
+    scenario = load_scenario(project)
     prompts = build_user_prompts(dataset, scenario, as_of, user_ids=run.users)
     prompts += build_item_prompts(dataset, scenario, item_ids=run.items)
-    for result in answer_prompts(project, prompts, store=store, progress=progress).values():
+    reports = answer_prompts(project, prompts, store=store, scenario=scenario, progress=progress)
+    for result in reports.values():
         report.llm_calls += result.llm_calls
         report.prompt_tokens += result.prompt_tokens
         report.completion_tokens += result.completion_tokens
         report.flagged += result.flagged
 
 
-def _encode(project: Project, store: Any, run: PendingRun) -> Any:
+def _encode(project: ProjectFolder, store: KnowledgeStore, run: PendingRun) -> EntityVectors:
     from kar.encoding import encode_knowledge
-    from kar.pipeline import make_encoder
 
     answers = store.answers(scenario=project.settings.scenario)
     answers = answers.filter(
@@ -201,7 +210,9 @@ def _encode(project: Project, store: Any, run: PendingRun) -> Any:
     return encode_knowledge(answers, make_encoder(project))
 
 
-def _adapt(project: Project, encoded: Any, as_of: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _adapt(
+    project: ProjectFolder, encoded: EntityVectors, as_of: datetime
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     from kar.adaptor import TrainedAdaptor
 
     if not project.adaptor_dir.exists():
@@ -214,7 +225,7 @@ def _adapt(project: Project, encoded: Any, as_of: datetime) -> tuple[pl.DataFram
 
 
 def assign_codes(
-    project: Project, users: pl.DataFrame, items: pl.DataFrame
+    project: ProjectFolder, users: pl.DataFrame, items: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Adapted vectors plus a ``code`` column from the codebook saved by ``kar publish``.
 

@@ -15,13 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kar.data.schema import to_utc
 from kar.generation.store import KnowledgeStore
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 @dataclass
@@ -90,11 +85,11 @@ class RefreshState:
     def watermark(self, source: str) -> datetime | None:
         stmt = sa.select(self.watermarks.c.watermark).where(self.watermarks.c.source == source)
         with self.engine.connect() as conn:
-            return _utc(conn.execute(stmt).scalar_one_or_none())
+            return to_utc(conn.execute(stmt).scalar_one_or_none())
 
     def _set_watermark(self, conn: sa.Connection, source: str, watermark: datetime) -> None:
         t = self.watermarks
-        values = {"watermark": _utc(watermark), "updated_at": datetime.now(UTC)}
+        values = {"watermark": to_utc(watermark), "updated_at": datetime.now(UTC)}
         if conn.execute(sa.update(t).where(t.c.source == source).values(**values)).rowcount == 0:
             conn.execute(sa.insert(t).values(source=source, **values))
 
@@ -141,12 +136,12 @@ class RefreshState:
         return PendingRun(
             run_id=int(row.id),
             source=source,
-            old_watermark=_utc(row.old_watermark),
-            new_watermark=_utc(row.new_watermark),  # type: ignore[arg-type]
+            old_watermark=to_utc(row.old_watermark),
+            new_watermark=to_utc(row.new_watermark),  # type: ignore[arg-type]
             users=plan["users"],
             items=plan["items"],
             events=int(plan["events"]),
-            started_at=_utc(row.started_at),  # type: ignore[arg-type]
+            started_at=to_utc(row.started_at),  # type: ignore[arg-type]
             messages=plan.get("messages", []),
         )
 
@@ -169,8 +164,8 @@ class RefreshState:
                 sa.insert(self.runs).values(
                     source=source,
                     status="pending",
-                    old_watermark=_utc(old_watermark),
-                    new_watermark=_utc(new_watermark),
+                    old_watermark=to_utc(old_watermark),
+                    new_watermark=to_utc(new_watermark),
                     plan=plan,
                     started_at=started,
                 )
@@ -205,6 +200,15 @@ class RefreshState:
                     .where(ev.c.source == run.source, ev.c.message_id.in_(run.messages))
                     .values(run_id=run.run_id)
                 )
+
+    def last_started(self, source: str) -> datetime | None:
+        """When the latest finished run of ``source`` started (None before the first)."""
+        t = self.runs
+        stmt = sa.select(sa.func.max(t.c.started_at)).where(
+            t.c.source == source, t.c.status == "done"
+        )
+        with self.engine.connect() as conn:
+            return to_utc(conn.execute(stmt).scalar_one_or_none())
 
     def reports(self, source: str | None = None) -> list[dict[str, Any]]:
         """Reports of finished runs, oldest first."""
@@ -247,5 +251,5 @@ class RefreshState:
         with self.engine.connect() as conn:
             rows = [dict(row._mapping) for row in conn.execute(stmt.order_by(ev.c.message_id))]
         for row in rows:
-            row["timestamp"] = _utc(row["timestamp"])
+            row["timestamp"] = to_utc(row["timestamp"])
         return rows

@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from kar.data.schema import to_utc
 from kar.errors import KarError
+from kar.pipeline import load_data
 from kar.refresh.report import RefreshReport
 from kar.refresh.run import execute_run
 from kar.refresh.state import RefreshState
 
 if TYPE_CHECKING:
     from kar.data.schema import Dataset
-    from kar.project import Project
+    from kar.project import ProjectFolder
 
 REQUIRED_FIELDS = ("user_id", "item_id", "timestamp")
 
@@ -49,7 +51,7 @@ def parse_event(fields: dict[Any, Any], catalog: set[str], label_threshold: floa
             ts = datetime.fromtimestamp(float(raw), UTC)
         else:
             ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+            ts = to_utc(ts)
     except (ValueError, OverflowError, OSError):
         raise ValueError(f"field 'timestamp': {raw!r} is not ISO 8601 or Unix seconds") from None
     rating = label = None
@@ -95,7 +97,7 @@ class StreamRefresher:
 
     def __init__(
         self,
-        project: Project,
+        project: ProjectFolder,
         *,
         url: str = "redis://127.0.0.1:6379/0",
         stream: str = "kar:interactions",
@@ -167,8 +169,6 @@ class StreamRefresher:
 
     def dataset(self) -> Dataset:
         """The project's data plus every event this stream has delivered so far."""
-        from kar.pipeline import load_data
-
         if self._dataset is None:
             self._dataset, _ = load_data(self.project)
         base = self._dataset

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from kar.errors import ConfigError
+from kar.generation.speculative.tree import DraftTree
 from kar.records import PromptRecord, stable_hash
 
 if TYPE_CHECKING:
@@ -87,29 +88,22 @@ class NgramIndex:
         min_support: int = 1,
         min_share: float = 0.0,
         skip_doc: int | None = None,
-        weights: Mapping[int, float] | None = None,
-        min_first_support: float = 1,
     ) -> list[int]:
         """Up to ``k`` tokens that followed the longest matching suffix of ``context``
         (outside document ``skip_doc``).
 
         ``prefer`` (document number -> rank): when those documents match, the draft comes
-        from them only (the best-ranked first); otherwise from every match. ``weights``
-        (document number -> vote weight, default 1): similar entities' answers count more
-        in the vote without shutting the others out. At each step the heaviest next token
-        wins, ties going to the earliest match. No draft when the first token has less
-        than ``min_first_support`` votes; after it the draft stops where fewer than
-        ``min_support`` votes, or less than ``min_share`` of the live votes, agree (a weak
-        guess costs verification).
+        from them only (the best-ranked first); otherwise from every match. At each step
+        the most common next token wins, ties going to the earliest match. Past the first
+        token the draft stops where fewer than ``min_support`` matches, or less than
+        ``min_share`` of the live ones, agree (a weak guess costs verification).
         """
         if k <= 0:
             return []
-        hits, weight = self._weighted_hits(context, prefer, skip_doc, weights)
+        hits = self._hits(context, prefer, skip_doc)
         if not hits:
             return []
-        return continue_matches(
-            self.tokens, hits, k, min_support, min_share, weight, min_first_support
-        )
+        return continue_matches(self.tokens, hits, k, min_support, min_share)
 
     def draft_tree(
         self,
@@ -118,90 +112,72 @@ class NgramIndex:
         prefer: Mapping[int, int] | None = None,
         min_support: int = 1,
         skip_doc: int | None = None,
-        weights: Mapping[int, float] | None = None,
-        min_first_support: float = 1,
     ) -> DraftTree:
         """Up to ``k`` draft tokens as a tree: the ``k`` heaviest nodes of the trie of what
-        followed the longest matching suffix of ``context`` (same ``prefer``, ``weights``
-        and ``skip_doc`` as :meth:`draft`). Where earlier answers went different ways, the
-        tree keeps several of those ways, so one verification pass checks them all. A node
-        needs ``min_first_support`` votes at depth 1 and ``min_support`` below."""
+        followed the longest matching suffix of ``context`` (same ``prefer`` and
+        ``skip_doc`` as :meth:`draft`). Where earlier answers went different ways, the tree
+        keeps several of those ways, so one verification pass checks them all. A node below
+        depth 1 needs ``min_support`` matches."""
         if k <= 0:
             return DraftTree()
-        hits, weight = self._weighted_hits(context, prefer, skip_doc, weights)
+        hits = self._hits(context, prefer, skip_doc)
         if not hits:
             return DraftTree()
-        return continuation_tree(self.tokens, hits, k, min_support, weight, min_first_support)
+        return continuation_tree(self.tokens, hits, k, min_support)
 
-    def _weighted_hits(
-        self,
-        context: Sequence[int],
-        prefer: Mapping[int, int] | None,
-        skip_doc: int | None,
-        weights: Mapping[int, float] | None,
-    ) -> tuple[list[int], list[float] | None]:
-        """End positions a draft follows (only ``prefer``'s documents when they match) and
-        their vote weights (None: one each)."""
+    def _hits(
+        self, context: Sequence[int], prefer: Mapping[int, int] | None, skip_doc: int | None
+    ) -> list[int]:
+        """End positions a draft follows (only ``prefer``'s documents when they match)."""
         _, hits = self.matches(context, skip_doc)
         if prefer:
             preferred = [p for p in hits if self.doc_of[p] in prefer]
             if preferred:
                 hits = sorted(preferred, key=lambda p: prefer[self.doc_of[p]])
-        if not weights:
-            return hits, None
-        return hits, [weights.get(self.doc_of[p], 1.0) for p in hits]
+        return hits
 
 
 def continue_matches(
     tokens: Sequence[int],
     ends: Sequence[int],
     k: int,
-    min_support: float = 1,
+    min_support: int = 1,
     min_share: float = 0.0,
-    weights: Sequence[float] | None = None,
-    min_first_support: float = 1,
 ) -> list[int]:
-    """Weighted majority walk over the continuations of ``ends`` in ``tokens`` (at most
-    ``k``; ``weights``: one vote weight per end, default 1); see :meth:`NgramIndex.draft`."""
+    """Majority walk over the continuations of ``ends`` in ``tokens`` (at most ``k``
+    tokens); see :meth:`NgramIndex.draft`."""
     out: list[int] = []
-    alive = list(zip(ends, weights if weights is not None else [1.0] * len(ends), strict=True))
+    alive = list(ends)
     for step in range(1, k + 1):
-        nexts = [(p, w, tokens[p + step]) for p, w in alive if p + step < len(tokens)]
-        nexts = [(p, w, t) for p, w, t in nexts if t != SEP]
+        nexts = [(p, tokens[p + step]) for p in alive if p + step < len(tokens)]
+        nexts = [(p, t) for p, t in nexts if t != SEP]
         if not nexts:
             break
-        votes: dict[int, float] = {}
-        for _, w, t in nexts:
-            votes[t] = votes.get(t, 0.0) + w
+        votes: dict[int, int] = {}
+        for _, t in nexts:
+            votes[t] = votes.get(t, 0) + 1
         best = max(votes, key=votes.__getitem__)  # first-seen wins a tie: earliest match
-        support, total = votes[best], sum(votes.values())
-        floor = min_first_support if not out else min_support
-        if support < floor or (out and support < min_share * total):
+        support = votes[best]
+        if out and (support < min_support or support < min_share * len(nexts)):
             break
         out.append(best)
-        alive = [(p, w) for p, w, t in nexts if t == best]
+        alive = [p for p, t in nexts if t == best]
     return out
 
 
 def continuation_tree(
-    tokens: Sequence[int],
-    ends: Sequence[int],
-    k: int,
-    min_support: float = 1,
-    weights: Sequence[float] | None = None,
-    min_first_support: float = 1,
+    tokens: Sequence[int], ends: Sequence[int], k: int, min_support: int = 1
 ) -> DraftTree:
     """The ``k`` heaviest nodes (ties: shallower, then earlier) of the trie of the
     continuations of ``ends`` in ``tokens``, each at most ``k`` deep; see
-    :meth:`NgramIndex.draft_tree`. A node weighs the votes of the matches through it, so
-    it never outweighs its parent, and the nodes kept form a tree."""
+    :meth:`NgramIndex.draft_tree`. A node weighs the matches through it, so it never
+    outweighs its parent, and the nodes kept form a tree."""
     node_of: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
     trie_tokens: list[int] = []
     trie_parents: list[int] = []
     trie_depths: list[int] = []
-    votes: list[float] = []
-    for n, end in enumerate(ends):
-        w = weights[n] if weights is not None else 1.0
+    votes: list[int] = []
+    for end in ends:
         parent = -1
         for depth in range(1, k + 1):
             at = end + depth
@@ -213,8 +189,8 @@ def continuation_tree(
                 trie_tokens.append(tokens[at])
                 trie_parents.append(parent)
                 trie_depths.append(depth)
-                votes.append(0.0)
-            votes[node] += w
+                votes.append(0)
+            votes[node] += 1
             parent = node
     order = sorted(range(len(votes)), key=lambda i: (-votes[i], trie_depths[i], i))
     tree = DraftTree()
@@ -222,94 +198,10 @@ def continuation_tree(
     for node in order:
         if len(tree) >= k:
             break
-        floor = min_first_support if trie_depths[node] == 1 else min_support
-        if votes[node] >= floor and trie_parents[node] in kept:
+        strong = trie_depths[node] == 1 or votes[node] >= min_support
+        if strong and trie_parents[node] in kept:
             kept[node] = tree.add(kept[trie_parents[node]], trie_tokens[node])
     return tree
-
-
-@dataclass
-class DraftTree:
-    """Draft tokens as a tree: token ``tokens[i]`` follows node ``parents[i]`` (-1: the
-    last generated token); parents come before their children. A single draft is a chain
-    (:meth:`chain`). One verification pass checks every path (a tree attention mask)."""
-
-    tokens: list[int] = field(default_factory=list)
-    parents: list[int] = field(default_factory=list)
-
-    @classmethod
-    def chain(cls, tokens: Sequence[int]) -> DraftTree:
-        """The tree of one draft: each token follows the one before."""
-        return cls(list(tokens), list(range(-1, len(tokens) - 1)))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def add(self, parent: int, token: int) -> int:
-        """Node ``token`` under ``parent`` (made if missing); its number."""
-        node = self.child(parent, token)
-        if node is not None:
-            return node
-        if not -1 <= parent < len(self.tokens):
-            raise ValueError(f"no node {parent} in a draft tree of {len(self.tokens)} nodes")
-        self.tokens.append(token)
-        self.parents.append(parent)
-        return len(self.tokens) - 1
-
-    def merge(self, other: DraftTree, limit: int) -> DraftTree:
-        """Add ``other``'s nodes (in its order, shared paths once) while this tree has fewer
-        than ``limit`` nodes; returns self."""
-        mapped = {-1: -1}
-        for node, (token, parent) in enumerate(zip(other.tokens, other.parents, strict=True)):
-            if parent not in mapped:
-                continue
-            if len(self.tokens) >= limit and self.child(mapped[parent], token) is None:
-                continue
-            mapped[node] = self.add(mapped[parent], token)
-        return self
-
-    def child(self, parent: int, token: int) -> int | None:
-        """The node ``token`` under ``parent``, if there is one."""
-        for node, (t, p) in enumerate(zip(self.tokens, self.parents, strict=True)):
-            if p == parent and t == token:
-                return node
-        return None
-
-    def children(self) -> dict[int, list[int]]:
-        """Node -> its children, in order (-1: the root's)."""
-        out: dict[int, list[int]] = {-1: []}
-        for node, parent in enumerate(self.parents):
-            out.setdefault(parent, []).append(node)
-            out.setdefault(node, [])
-        return out
-
-    def depths(self) -> list[int]:
-        """Each node's depth (the root's children: 1)."""
-        out: list[int] = []
-        for parent in self.parents:
-            out.append(1 if parent < 0 else out[parent] + 1)
-        return out
-
-    def path(self, node: int) -> list[int]:
-        """The nodes from the root's child down to ``node``."""
-        out = []
-        while node >= 0:
-            out.append(node)
-            node = self.parents[node]
-        return out[::-1]
-
-    def follow(self, tokens: Sequence[int]) -> list[int]:
-        """The nodes of the longest path spelling a prefix of ``tokens``."""
-        kids = self.children()
-        path: list[int] = []
-        node = -1
-        for token in tokens:
-            nxt = next((c for c in kids[node] if self.tokens[c] == token), None)
-            if nxt is None:
-                break
-            path.append(nxt)
-            node = nxt
-        return path
 
 
 class PoolRoute(NamedTuple):
@@ -318,7 +210,6 @@ class PoolRoute(NamedTuple):
     index: NgramIndex | None
     prefer: dict[int, int] | None = None  # {own earlier answer's document: 0}, drafted first
     skip_doc: int | None = None  # the entity's own earlier answer, never drafted from
-    weights: dict[int, float] | None = None  # document number -> vote weight (neighbours)
 
 
 @dataclass
@@ -327,13 +218,8 @@ class KnowledgePool:
 
     ``prefix`` (e.g. the chat template's generation prompt tokens) is put before every
     answer so the first tokens of a new answer can be drafted too; ``eos`` is appended to
-    answers that ended by themselves. ``neighbours(entity_id)`` (optional, e.g. a
-    :class:`~kar.generation.neighbours.Neighbours`) lists entities similar to a prompt's
-    entity: their answers count ``neighbour_weight`` votes each when a draft is chosen
-    (they outvote, but do not shut out, the rest: drafting from them alone shortened the
-    drafts); ``neighbours_by_kind`` sets one per knowledge kind instead (user and item ids
-    may collide). The entity's own earlier answer (a refresh) is drafted from first
-    whenever it matches; ``exclude_own``: never draft from it.
+    answers that ended by themselves. The entity's own earlier answer (a refresh) is
+    drafted from first whenever it matches; ``exclude_own``: never draft from it.
     """
 
     encode: Callable[[str], list[int]]
@@ -342,10 +228,6 @@ class KnowledgePool:
     min_n: int = 2
     max_n: int = 4
     max_matches: int = 64
-    neighbours: Callable[[str], Sequence[str]] | None = None
-    neighbours_by_kind: dict[str, Callable[[str], Sequence[str]]] = field(default_factory=dict)
-    neighbour_weight: float = 2.0  # a neighbour's answer counts this many votes in a draft
-    context_texts: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> entity
     exclude_own: bool = False
     indexes: dict[tuple[str, str], NgramIndex] = field(default_factory=dict)
     _routes: dict[str, tuple[str, str, str]] = field(default_factory=dict)
@@ -358,13 +240,9 @@ class KnowledgePool:
         entity_id: str,
         answer: str,
         ended: bool,
-        context_text: str = "",
     ) -> None:
-        """Index one earlier answer (``ended``: the model stopped by itself; ``context_text``:
-        its prompt's, kept for :meth:`use_text_neighbours`)."""
+        """Index one earlier answer (``ended``: the model stopped by itself)."""
         key = (scenario, kind)
-        if context_text:
-            self.context_texts.setdefault(kind, {})[entity_id] = context_text
         index = self.indexes.get(key)
         if index is None:
             index = NgramIndex(self.min_n, self.max_n, self.max_matches)
@@ -395,21 +273,9 @@ class KnowledgePool:
             if limit is not None and added >= limit:
                 break
             ended = row.get("finish_reason") in ("stop", "trimmed")
-            self.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended,
-                     row.get("context_text") or "")  # fmt: skip
+            self.add(row["scenario"], row["kind"], row["entity_id"], row["answer"], ended)
             added += 1
         return added
-
-    def use_text_neighbours(self, prompts: Iterable[PromptRecord] = (), k: int = 10) -> None:
-        """Set each kind's neighbours to the TF-IDF nearest entities by context text, over
-        the pooled answers' prompts and ``prompts`` (the ones about to be generated)."""
-        from kar.generation.neighbours import Neighbours
-
-        texts = {kind: dict(by_entity) for kind, by_entity in self.context_texts.items()}
-        for p in prompts:
-            texts.setdefault(p.kind, {})[p.entity_id] = p.context_text
-        for kind, by_entity in texts.items():
-            self.neighbours_by_kind[kind] = Neighbours.from_texts(by_entity, k)
 
     def register(self, prompts: Iterable[PromptRecord]) -> None:
         """Remember which (scenario, kind, entity) each prompt's messages belong to."""
@@ -418,9 +284,8 @@ class KnowledgePool:
 
     def route(self, messages: ChatMessages) -> PoolRoute:
         """Where a conversation's drafts come from: the index of its (scenario, kind) (None
-        when that kind has no answers), its own earlier answer to draft from first (unless
-        ``exclude_own``: then the document never drafted from), and the vote weights of
-        its neighbours' answers."""
+        when that kind has no answers) and its own earlier answer to draft from first
+        (unless ``exclude_own``: then the document never drafted from)."""
         route = self._routes.get(stable_hash([dict(m) for m in messages], length=32))
         if route is None:  # unregistered prompt: the only index, if there is just one
             only = next(iter(self.indexes.values())) if len(self.indexes) == 1 else None
@@ -432,13 +297,7 @@ class KnowledgePool:
         numbers = self._doc_number[(scenario, kind)]
         own = numbers.get(entity_id)
         prefer = {own: 0} if own is not None and not self.exclude_own else None
-        similar = self.neighbours_by_kind.get(kind, self.neighbours)
-        weights: dict[int, float] = {}
-        for other in similar(entity_id) if similar is not None else ():
-            doc = numbers.get(other)
-            if doc is not None and doc != own:
-                weights.setdefault(doc, self.neighbour_weight)
-        return PoolRoute(index, prefer, own if self.exclude_own else None, weights or None)
+        return PoolRoute(index, prefer, own if self.exclude_own else None)
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indexes.values())

@@ -1,125 +1,27 @@
-"""Speculative decoding from a knowledge pool for the transformers backend (DARE-style).
-
-Each step drafts up to ``draft_tokens`` tokens per conversation from earlier answers
-(:class:`~kar.generation.draft_pool.KnowledgePool`) or from the conversation itself
-(prompt lookup), and the model checks the whole draft in **one** forward pass over the
-KV cache. ``mode="exact"``: a draft token is kept only while it equals the greedy choice,
-so the output is the greedy output, token for token. ``mode="relaxed"``: a draft token is
-kept when it is the greedy choice, or among the model's ``top_k`` choices with
-probability >= ``min_prob`` (faster; the answer may differ, so the backend's
-``model_name`` says so). Either way the token after the last kept draft token is the
-model's greedy choice, so every step makes at least one token. Batches work: rows accept
-different numbers of tokens; rejected draft slots stay in the cache, masked out, and the
-common tail is cropped.
-
-Sampled requests (``temperature > 0``) fall back to plain ``generate``.
-"""
+"""The transformers backend that decodes greedy requests speculatively: each step drafts
+from the pool (:mod:`~kar.generation.speculative.drafts`) and checks the whole draft, a
+chain or a tree, in one forward pass over the KV cache."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from kar.errors import ConfigError, GenerationError
+from kar.errors import GenerationError
 from kar.generation.backend import ChatMessages
-from kar.generation.draft_pool import DraftTree, KnowledgePool, PoolRoute
+from kar.generation.speculative.config import SpeculativeConfig, SpeculativeStats
+from kar.generation.speculative.drafts import make_draft, make_draft_tree
+from kar.generation.speculative.pool import KnowledgePool, PoolRoute
+from kar.generation.speculative.tree import DraftTree
 from kar.generation.transformers_backend import Dtype, TransformersBackend
 from kar.records import GenerationOutput, SamplingParams
 
-Mode = Literal["exact", "relaxed"]
-
-
-@dataclass(frozen=True)
-class SpeculativeConfig:
-    """How drafts are made and accepted."""
-
-    mode: Mode = "exact"
-    # most draft tokens checked per step (with draft_tree: nodes). 5 makes the widest pass
-    # 6 tokens: on this CPU (float32, kar's kernels) passes of 4-6 tokens cost ~0.9x a
-    # one-token step and 7 or more ~1.1-1.5x, so a sixth node costs more than it keeps
-    draft_tokens: int = 5
-    top_k: int = 3  # relaxed: besides the greedy choice, a draft token among the top_k ...
-    min_prob: float = 0.1  # ... with at least this probability is kept
-    prompt_lookup: bool = True  # also draft from the conversation's own prompt/answer
-    # draft_tokens may go to several continuations at once (a tree, checked in one pass
-    # with a tree attention mask) where earlier answers went different ways
-    draft_tree: bool = True
-    # tokens (rows x (1 + draft)) one verification pass may hold: big batches get shorter
-    # drafts, since a wide pass over many rows costs more than the tokens it saves; a batch
-    # the budget leaves no draft token (rows > budget / 2) is decoded plainly (like vLLM's
-    # disable_by_batch_size). 16 suits a CPU, where a 16-token pass is compute-bound
-    step_token_budget: int = 16
-    # past its first token a draft (or tree node) needs this many earlier answers to agree
-    # (2 suited PyTorch's default kernels, where a wider pass cost ~1.5-2x a step)
-    min_support: int = 1
-    min_share: float = 0.5  # chain drafts: stop where less than this share of matches agree
-    # no pool draft unless this many earlier answers agree on its first token: where a
-    # verification pass costs much more than a one-token step (float32 on a CPU with
-    # PyTorch's default kernels: ~1.9x; ~1.05x with kar.generation.cpu_kernels)
-    # a weak draft loses more than it saves
-    min_first_support: int = 1
-    min_n: int = 2  # shortest suffix (tokens) matched for a draft
-    max_n: int = 4  # longest suffix tried first
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("exact", "relaxed"):
-            raise ConfigError(f"speculative mode must be 'exact' or 'relaxed', got {self.mode!r}")
-        if self.step_token_budget < 1:
-            raise ConfigError(f"step_token_budget must be >= 1, got {self.step_token_budget}")
-        if self.draft_tokens < 1:
-            raise ConfigError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
-        if self.top_k < 1 or not 0.0 <= self.min_prob <= 1.0:
-            raise ConfigError(
-                f"need top_k >= 1 and 0 <= min_prob <= 1, got {self.top_k}, {self.min_prob}"
-            )
-        if self.min_support < 1 or self.min_first_support < 1:
-            raise ConfigError(
-                f"need min_support >= 1 and min_first_support >= 1, got {self.min_support}, "
-                f"{self.min_first_support}"
-            )
-        if not 1 <= self.min_n <= self.max_n:
-            raise ConfigError(f"need 1 <= min_n <= max_n, got {self.min_n}, {self.max_n}")
-
-    def drafts_per_row(self, rows: int) -> int:
-        """Most draft tokens per row in a batch of ``rows`` (0: the batch decodes plainly)."""
-        return min(self.draft_tokens, max(0, self.step_token_budget // rows - 1))
-
-    def tag(self) -> str:
-        """Suffix of ``model_name`` for relaxed mode (its output differs from greedy)."""
-        return f"+spec-relaxed(k={self.top_k},p={self.min_prob:g})"
-
-
-@dataclass
-class SpeculativeStats:
-    """Running totals over every ``generate`` call of a backend."""
-
-    forward_passes: int = 0  # model calls (prefill + verification steps), batch-level
-    row_steps: int = 0  # verification steps summed over rows
-    drafted: int = 0  # draft tokens proposed
-    accepted: int = 0  # draft tokens kept
-    new_tokens: int = 0  # tokens generated (EOS included)
-    seconds: float = 0.0
-    prefill_seconds: float = 0.0  # of ``seconds``: the prompts' passes (no draft can help)
-    per_call: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def mean_accepted(self) -> float:
-        """Mean number of draft tokens kept per verification step (per row)."""
-        return self.accepted / self.row_steps if self.row_steps else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds else 0.0
-
-    def summary(self) -> str:
-        rate = self.accepted / self.drafted if self.drafted else 0.0
-        return (
-            f"{self.new_tokens} tokens in {self.seconds:.1f}s ({self.tokens_per_s:.1f} tok/s), "
-            f"{self.forward_passes} forward passes, mean accepted draft {self.mean_accepted:.2f} "
-            f"tokens/step, acceptance {rate:.0%}"
-        )
+if TYPE_CHECKING:
+    from kar.generation.store import KnowledgeStore
+    from kar.project import GenerationSettings
+    from kar.records import PromptRecord
 
 
 class SpeculativeTransformersBackend(TransformersBackend):
@@ -154,8 +56,35 @@ class SpeculativeTransformersBackend(TransformersBackend):
         if self.config.mode == "relaxed":
             self.model_name += self.config.tag()
         self.pool = pool
+        self.pool_limit: int | None = None  # most earlier answers index_store adds per kind
         self.stats = SpeculativeStats()
         self.prefix_tokens = generation_prompt_tokens(self.tokenizer)
+
+    @classmethod
+    def from_settings(cls, gen: GenerationSettings) -> SpeculativeTransformersBackend:
+        """The backend ``generation.speculative.mode: exact | relaxed`` configures, with an
+        empty pool (:meth:`index_store` fills it)."""
+        backend = cls(
+            config=SpeculativeConfig.from_settings(gen.speculative),
+            model=gen.model,
+            dtype=gen.dtype,
+            threads=gen.threads,
+            cpu_kernels=gen.cpu_kernels,
+        )
+        backend.pool = backend.make_pool(exclude_own=gen.speculative.exclude_own_answer)
+        backend.pool_limit = gen.speculative.pool_limit
+        return backend
+
+    def index_store(self, store: KnowledgeStore | None, prompts: Sequence[PromptRecord]) -> None:
+        """Draft from ``store``'s plain greedy answers of this model (the scenarios of
+        ``prompts``, at most ``pool_limit`` per kind) and route ``prompts`` to them."""
+        if self.pool is None:
+            self.pool = self.make_pool()
+        if store is not None:
+            plain = self.model_name.removesuffix(self.config.tag())
+            for scenario in {p.scenario for p in prompts} or {None}:
+                self.pool.add_store(store, scenario=scenario, model=plain, limit=self.pool_limit)
+        self.pool.register(prompts)
 
     def __repr__(self) -> str:
         return f"SpeculativeTransformersBackend({self.model_name!r}, mode={self.config.mode!r})"
@@ -354,11 +283,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
                     prompt_tokens=int(prompt_tokens[r]),
                     completion_tokens=len(body) + (stop is not None),
                     finish_reason="stop" if stop is not None else "length",
-                    meta={
-                        "token_ids": tokens,
-                        "spec_steps": steps_rows[r],
-                        "spec_accepted": accepted_rows[r],
-                    },
+                    meta={"token_ids": tokens},
                 )
             )
         return results
@@ -427,73 +352,3 @@ def generation_prompt_tokens(tokenizer: Any) -> list[int]:
     without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
     suffix = with_prompt[len(without) :] if with_prompt.startswith(without) else ""
     return tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
-
-
-def make_draft(
-    context: list[int], route: PoolRoute, k: int, config: SpeculativeConfig
-) -> list[int]:
-    """Up to ``k`` draft tokens after ``context``: from the conversation itself (prompt
-    lookup) when its match is longer, else from the pool ``route`` points to."""
-    index = route.index
-    pool_n, _ = index.matches(context, route.skip_doc) if index is not None else (0, [])
-    own_n, own_end = (
-        _own_match(context, config.min_n, config.max_n) if config.prompt_lookup else (0, -1)
-    )
-    if own_n > pool_n:
-        return context[own_end + 1 : own_end + 1 + k]
-    if pool_n and index is not None:
-        return index.draft(
-            context,
-            k,
-            route.prefer,
-            config.min_support,
-            config.min_share,
-            route.skip_doc,
-            route.weights,
-            config.min_first_support,
-        )
-    return []
-
-
-def make_draft_tree(
-    context: list[int], route: PoolRoute, k: int, config: SpeculativeConfig
-) -> DraftTree:
-    """Up to ``k`` draft tokens after ``context`` as a tree (``config.draft_tree``): the
-    heaviest continuations in the pool ``route`` points to, merged with the conversation's
-    own continuation (prompt lookup), the longer match's nodes first."""
-    index = route.index
-    pool_n, _ = index.matches(context, route.skip_doc) if index is not None else (0, [])
-    own_n, own_end = (
-        _own_match(context, config.min_n, config.max_n) if config.prompt_lookup else (0, -1)
-    )
-    own = DraftTree.chain(context[own_end + 1 : own_end + 1 + k]) if own_n else DraftTree()
-    pool = DraftTree()
-    if pool_n and index is not None:
-        pool = index.draft_tree(
-            context,
-            k,
-            route.prefer,
-            config.min_support,
-            route.skip_doc,
-            route.weights,
-            config.min_first_support,
-        )
-    first, second = (own, pool) if own_n > pool_n else (pool, own)
-    return first.merge(second, k)
-
-
-def _own_match(context: list[int], min_n: int, max_n: int) -> tuple[int, int]:
-    """Longest suffix (``min_n..max_n`` tokens) of ``context`` seen earlier in it:
-    ``(n, end position of the latest earlier occurrence)``, or ``(0, -1)``."""
-    size = len(context)
-    for n in range(min(max_n, size - 1), min_n - 1, -1):
-        tail = context[size - n :]
-        first = tail[0]
-        for end in range(size - 2, n - 2, -1):
-            if (
-                context[end] == tail[-1]
-                and context[end - n + 1] == first
-                and context[end - n + 1 : end + 1] == tail
-            ):
-                return n, end
-    return 0, -1
