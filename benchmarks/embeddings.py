@@ -83,7 +83,10 @@ def main() -> None:
     parser.add_argument("--tune-seeds", type=int, default=3)
     parser.add_argument("--tower-epochs", type=int, default=4)
     parser.add_argument(
-        "--tower-samples", type=int, default=20000, help="next-item samples per tower epoch"
+        "--tower-samples",
+        type=int,
+        default=20000,
+        help="next-item samples per tower epoch (0: all, about 83k)",
     )
     parser.add_argument("--history", type=int, default=20, help="last N items read per query")
     parser.add_argument("--no-llm", action="store_true", help="skip the SmolLM2 rows")
@@ -242,7 +245,7 @@ def main() -> None:
             f"(d) {label} MiniLM + user tower",
             ev.user_vector_scorer(tower.item_vectors, tower.user_vectors),
             f"best epoch {tower.best_epoch + 1}/{args.tower_epochs}, "
-            f"{args.tower_samples} samples/epoch",
+            f"{args.tower_samples or 'all'} samples/epoch",
         )
 
     feast_line = ""

@@ -1,7 +1,7 @@
 """Imported knowledge benchmark: informative texts through `kar knowledge import`, then the
 evaluation (none / knowledge / shuffled control, cold-start slices, beside the baseline).
 
-    python benchmarks/imported_knowledge.py [--datasets demo,ml-100k] [--seeds 3]
+    python benchmarks/imported_knowledge.py [--datasets demo,ml-100k[,ml-1m]] [--seeds 3]
         [--backbones deepfm,din] [--work DIR] [--ml100k PATH] [--standardize]
 
 --standardize is a DIAGNOSTIC of the learning side: the encoded vectors are z-scored per
@@ -10,10 +10,11 @@ dimension (over the entities of each kind) before the evaluation; kar never publ
 No LLM is asked anything. The texts, written by `kar.data.texts`:
 - demo: item knowledge = each film's HIDDEN traits in words (tone, acclaim, era, pace):
   an ORACLE, the information the simulation hides; what knowledge can do when it is right.
-- ml-100k: item knowledge = the dataset's own genres and year in words (honest: nothing
-  outside MovieLens; the CTR model already sees genres and year as ids).
-- users, both: their public attribute columns in words (demo: age group, gender;
-  ML-100K: age, gender, occupation), stored with their history before their as-of instant,
+- ml-100k (and ml-1m, its users 1-2999 subset): item knowledge = the dataset's own genres
+  and year in words (honest: nothing outside MovieLens; the CTR model already sees genres
+  and year as ids).
+- users: their public attribute columns in words (demo: age group, gender; MovieLens:
+  age, gender, occupation), stored with their history before their as-of instant,
   as an LLM user answer is. Item texts are imported with --no-context (the sentences name
   title / genres / decade themselves; without the title line the vector is about them).
 Each project is built in --work, the texts imported with the `kar knowledge import`
@@ -36,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
+ML1M = REPO.parent / "shared" / "data" / "ml-1m"  # ratings of users 1-2999 (found inside)
 
 
 def cpu_name() -> str:
@@ -75,15 +77,15 @@ def demo_project(root: Path):
     return project, [(items, "demo-oracle", False), (users, "user-facts", True)]
 
 
-def ml100k_project(root: Path, data: Path):
-    """A MovieLens-100K project; texts: genres and year in words, the users' columns."""
+def movielens_project(root: Path, data: Path, name: str = "ml-100k"):
+    """A MovieLens project; texts: genres and year in words, the users' columns."""
     from kar.data.texts import item_fact_texts, user_fact_texts, write_texts
     from kar.pipeline import load_data
     from kar.project import CONFIG_FILE, ProjectFolder, ProjectSettings
 
     if not (root / CONFIG_FILE).exists():
         root.mkdir(parents=True, exist_ok=True)
-        settings = ProjectSettings(name="ml-100k-imported", scenario="movies")
+        settings = ProjectSettings(name=f"{name}-imported", scenario="movies")
         settings.dataset.kind = "movielens"
         settings.dataset.path = str(data)
         ProjectFolder(root, settings).save()
@@ -149,9 +151,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--datasets", default="demo,ml-100k", help="demo, ml-100k or both")
+    parser.add_argument("--datasets", default="demo,ml-100k", help="demo, ml-100k, ml-1m")
     parser.add_argument("--work", type=Path, default=REPO / ".kar-bench-imported")
     parser.add_argument("--ml100k", type=Path, default=ML100K, help="MovieLens 100K folder")
+    parser.add_argument("--ml1m", type=Path, default=ML1M, help="MovieLens 1M folder")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--backbones", default="deepfm,din", help="comma-separated")
     parser.add_argument(
@@ -165,10 +168,11 @@ def main() -> None:
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         if name == "demo":
             project, files = demo_project(args.work / "demo")
-        elif name == "ml-100k":
-            project, files = ml100k_project(args.work / "ml-100k", args.ml100k)
+        elif name in ("ml-100k", "ml-1m"):
+            data = args.ml100k if name == "ml-100k" else args.ml1m
+            project, files = movielens_project(args.work / name, data, name)
         else:
-            raise SystemExit(f"unknown dataset {name!r}: use demo and/or ml-100k")
+            raise SystemExit(f"unknown dataset {name!r}: use demo, ml-100k and/or ml-1m")
         results.append(run(name, project, files, backbones, args.seeds, args.standardize))
     command = "python benchmarks/imported_knowledge.py " + " ".join(sys.argv[1:])
     for r in results:

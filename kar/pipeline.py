@@ -427,6 +427,7 @@ def run_train(
             seed=tr.seed,
             progress=progress,
             init_state=init_state,
+            fallback_state=init_state,
         )
         vectors = EntityVectors.load(project.encoded_dir)
         trained = result.trained_adaptor(encoder=vectors.encoder_id)
@@ -581,6 +582,7 @@ def run_evaluate(
     ``training.tune``: each backbone's configuration is first chosen on validation AUC.
     """
     from kar.models.evaluation import compare, summarize, write_report
+    from kar.models.registry import available_models
 
     with timed_stage(project, "evaluate"):
         dataset, split = data or load_data(project)
@@ -596,7 +598,9 @@ def run_evaluate(
             runs_file=project.reports_dir / "evaluate_runs.jsonl",
             fingerprint=_data_fingerprint(project),
             knowledge_fingerprint=_encoded_fingerprint(project),
-            model_configs={b: tr.backbone_config(b) for b in tr.eval_backbones},
+            # every backbone's config (not only those evaluated), so processes that share
+            # the backbones of one evaluation share its run log
+            model_configs={b: tr.backbone_config(b) for b in available_models()},
             warm_start=tr.warm_start,
             cold_threshold=tr.cold_threshold,
         )

@@ -136,3 +136,40 @@ def test_wide_term_starts_at_the_counters_logistic_regression(small):
     lr = LogisticRegression().fit(train["counters"].numpy(), train["label"].numpy())
     wide = result.model.backbone.wide
     assert torch.allclose(wide.weight, torch.from_numpy(lr.coef_).float(), atol=1e-4)
+
+
+def test_the_gate_closes_on_useless_knowledge_and_opens_on_informative(small, informative):
+    cfg = {**SMALL, "max_epochs": 4, "lr": 3e-3}
+    plain = train_ctr(small.without_knowledge(), "deepfm", cfg, seed=0)
+    # random knowledge, trained fresh: whatever it learns must beat the model without
+    # knowledge on validation, or the result is that model, exactly
+    useless = train_ctr(
+        small, "deepfm", cfg, AdaptorConfig.load("hea"), seed=0,
+        fallback_state=plain.model.state_dict(),
+    )  # fmt: skip
+    if not useless.gate_open:
+        assert useless.test_auc == pytest.approx(plain.test_auc, abs=1e-6)
+        assert useless.best_epoch == 0
+    # the gate is the only difference: without a fallback there is no gate
+    assert train_ctr(small, "deepfm", cfg, AdaptorConfig.load("hea"), seed=0).gate_open is None
+    # knowledge that reveals the label's driver passes it
+    base = train_ctr(informative.without_knowledge(), "deepfm", cfg, seed=0)
+    useful = train_ctr(
+        informative, "deepfm", cfg, AdaptorConfig.load("hea"), seed=0,
+        fallback_state=base.model.state_dict(),
+    )  # fmt: skip
+    assert useful.gate_open and useful.test_auc > base.test_auc
+
+
+def test_win_probability_of_the_paired_bootstrap():
+    import numpy as np
+
+    from kar.models.metrics import auc_win_probability
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000)
+    good = labels + rng.normal(0, 0.8, 2000)
+    noise = rng.normal(0, 1, 2000)
+    assert auc_win_probability(labels, good, noise) == 1.0
+    assert auc_win_probability(labels, noise, good) == 0.0
+    assert auc_win_probability(labels, good, good) == 0.5  # ties count half

@@ -55,6 +55,11 @@ def test_local_engine_writes_no_section_and_bad_settings_name_the_field(tmp_path
         batch_engine_config("local", {"max_workers": 2})
     with pytest.raises(Exception, match="batch_engine"):
         FeatureSettings.model_validate({"batch_engine": "dask"})
+    # a hand-written block (several lines) is replaced whole; the other keys stay as they are
+    path = repo / "feature_store.yaml"
+    path.write_text(before + "batch_engine:\n  type: ray.engine\n  max_workers: 4\n")
+    assert read_batch_engine(repo) == {"type": "ray.engine", "max_workers": 4}
+    assert set_batch_engine(repo, None) and path.read_text() == before
 
 
 @needs_ray

@@ -28,6 +28,10 @@ class ModelConfig(BaseModel):
     knowledge_weight_decay: float = Field(0.0, ge=0.0)
     # the knowledge parameters' learning rate, as a multiple of lr (they start at zero)
     knowledge_lr_scale: float = Field(1.0, gt=0.0)
+    # a gate that can close: given the model without knowledge to fall back to, the
+    # knowledge model is kept only if a paired bootstrap of the validation rows gives it
+    # the higher AUC with at least this probability (0: always kept)
+    knowledge_gate: float = Field(0.9, ge=0.0, le=1.0)
 
 
 class DeepFMConfig(ModelConfig):

@@ -9,7 +9,10 @@ The arms: ``none`` (no knowledge), ``knowledge`` (the project's vectors) and ``s
 (the same vectors permuted across entities: the same distribution, no information),
 trained exactly like ``knowledge``. A lift counts only above ``shuffled`` and above the
 seed spread. With ``warm_start`` (the default) each knowledge arm starts from the same
-seed's no-knowledge model, which is epoch 0 of its selection on validation.
+seed's no-knowledge model, which is epoch 0 of its selection on validation; and every
+knowledge model passes a gate that can close: it is kept only if it beats that
+no-knowledge model on validation with probability ``knowledge_gate`` (paired bootstrap),
+else the arm's result is the no-knowledge model (``train_ctr(fallback_state=...)``).
 
 With ``tune=True``, each backbone first picks its configuration from a small grid
 (:data:`TUNING_GRID`) by validation AUC at the first seed, without knowledge; every arm and
@@ -75,6 +78,7 @@ RESULT_SCHEMA = {
     "cold_user_auc": pl.Float64,
     "n_cold_item": pl.Int64,
     "n_cold_user": pl.Int64,
+    "gate_open": pl.Boolean,  # knowledge arms: the knowledge model kept (None: no gate)
 }
 
 
@@ -229,11 +233,11 @@ def compare(
     from kar.records import stable_hash
 
     features = features_with_knowledge
-    if not features.has_knowledge:
-        raise ConfigError("compare needs features built with knowledge_users / knowledge_items")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"unknown evaluation arm {unknown[0]!r}; expected one of {ARMS}")
+    if not features.has_knowledge and set(arms) != {"none"}:
+        raise ConfigError("compare needs features built with knowledge_users / knowledge_items")
     adaptor_config = adaptor_config or AdaptorConfig.load("hea")
     shared = [fingerprint, tune, [dict(g) for g in grid or []], dict(model_config or {})]
     shared.append({k: dict(v) for k, v in (model_configs or {}).items()})
@@ -247,7 +251,9 @@ def compare(
             "shuffled": stable_hash([*with_vectors, "shuffled", shuffle_seed], length=16),
         },
     )
-    arm_features = {"none": features.without_knowledge(), "knowledge": features}
+    arm_features = {"none": features.without_knowledge()}
+    if features.has_knowledge:
+        arm_features["knowledge"] = features
     if "shuffled" in arms:
         arm_features["shuffled"] = features.with_shuffled_knowledge(shuffle_seed)
     test = features.tensors("test")
@@ -265,6 +271,7 @@ def compare(
             "seconds_per_epoch": base.seconds,
             "config": "{}",
             **base_slices,
+            "gate_open": None,
         }
         for seed in seeds
     ]
@@ -276,6 +283,7 @@ def compare(
         config: dict,
         init: Any = None,
         evaluate_test: bool = True,
+        fallback: Any = None,
     ) -> TrainResult:
         return train_ctr(
             arm_features[arm],
@@ -286,6 +294,7 @@ def compare(
             progress=progress,
             evaluate_test=evaluate_test,
             init_state=init,
+            fallback_state=fallback,
         )
 
     def record(backbone: str, arm: str, seed: int, result: TrainResult, point: dict) -> None:
@@ -302,6 +311,7 @@ def compare(
                 "seconds_per_epoch": result.seconds_per_epoch,
                 "config": _config_text(point),
                 **cold_slices(features, probs, cold_threshold),
+                "gate_open": result.gate_open,
             }
         )
         log.add(rows[-1])
@@ -320,12 +330,12 @@ def compare(
                 if "none" in arms:
                     rows.append(done["none"])
                 todo = [a for a in knowledge_arms if done[a] is None]
-                if todo and (warm_start or tune):  # the knowledge grid has warm starts
+                if todo:  # warm starts and the gate's fallback
                     none_state = _load_state(log.state_path(backbone, seed))
             else:
                 todo = knowledge_arms
             point = chosen or {}
-            if done["none"] is None or (todo and (warm_start or tune) and none_state is None):
+            if done["none"] is None or (todo and none_state is None):
                 if tune and chosen is None:
                     point, result, _ = choose_config(
                         arm_features["none"],
@@ -355,7 +365,7 @@ def compare(
                         config, warm = _start_and_config({**point, **k}, warm_start)
                         trial = run(
                             backbone, arm, seed, {**base_config, **config},
-                            none_state if warm else None, evaluate_test=False,
+                            none_state if warm else None, False, none_state,
                         )  # fmt: skip
                         score = (trial.valid_auc, trial.valid_logloss)
                         if best is None or is_better(
@@ -370,7 +380,9 @@ def compare(
                     arm_point = arm_choice.get(arm, point)
                     config, warm = _start_and_config(arm_point, warm_start)
                     init = none_state if warm else None
-                    result = run(backbone, arm, seed, {**base_config, **config}, init)
+                    result = run(
+                        backbone, arm, seed, {**base_config, **config}, init, True, none_state
+                    )
                 record(backbone, arm, seed, result, arm_point)
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
 
@@ -422,6 +434,7 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
             pl.col("cold_user_auc").mean().alias("cold_user_auc"),
             pl.col("n_cold_item").first(),
             pl.col("n_cold_user").first(),
+            pl.col("gate_open").cast(pl.Int64).sum().alias("gate_open_seeds"),
         )
         .with_columns(pl.col("arm").replace_strict({a: i for i, a in enumerate(ARMS)}).alias("_o"))
         .sort(pl.col("backbone") != BASELINE, "backbone", "_o", maintain_order=True)
@@ -517,12 +530,13 @@ def _auc(value: float | None) -> str:
 def markdown_table(summary: pl.DataFrame) -> str:
     head = (
         "| backbone | arm | AUC mean ± std | LogLoss mean ± std | n seeds | vs none "
-        "| vs shuffled | AUC − baseline | cold-item AUC | cold-user AUC | train s/epoch |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "| vs shuffled | AUC − baseline | cold-item AUC | cold-user AUC | gate open "
+        "| train s/epoch |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in summary.iter_rows(named=True):
         counts = " ✓" if r["lift_counts"] else ""
+        gate = "" if r["arm"] == "none" else f"{r['gate_open_seeds']}/{r['n_seeds']}"
         lines.append(
             f"| {r['backbone']} | {r['arm']} "
             f"| {r['auc_mean']:.4f} ± {r['auc_std']:.4f} "
@@ -530,6 +544,7 @@ def markdown_table(summary: pl.DataFrame) -> str:
             f"| {_pct(r['gain_vs_none'])} | {_pct(r['gain_vs_shuffled'])}{counts} "
             f"| {r['auc_vs_baseline']:+.4f} "
             f"| {_auc(r['cold_item_auc'])} | {_auc(r['cold_user_auc'])} "
+            f"| {gate} "
             f"| {r['seconds_per_epoch']:.2f} |"
         )
     return "\n".join(lines)
@@ -605,7 +620,9 @@ def write_report(
         f"entities (same distribution, no information), trained exactly like `knowledge`. "
         f"✓: the knowledge lift counts (above both `none` and `shuffled` by more than the "
         f"largest seed std). Cold-item / cold-user AUC: test rows whose item / user had "
-        f"fewer than {cold_threshold} interactions in history + train.\n\n"
+        f"fewer than {cold_threshold} interactions in history + train. Gate open: in how "
+        f"many seeds the knowledge model was kept (it must beat the model without "
+        f"knowledge on validation in a paired bootstrap; else the arm is that model).\n\n"
         f"{_tuning_markdown(results)}"
         f"![test AUC]({png_path.name})\n"
     )

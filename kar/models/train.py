@@ -117,6 +117,9 @@ class TrainResult:
     model_config: ModelConfig
     adaptor_config: AdaptorConfig | None
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    # knowledge models given a fallback: False when the gate closed (the result is the
+    # model without knowledge), True when the knowledge model was kept; None otherwise
+    gate_open: bool | None = None
 
     def metrics(self) -> dict[str, Any]:
         keys = ("backbone", "seed", "valid_auc", "valid_logloss", "test_auc", "test_logloss")
@@ -205,6 +208,42 @@ def fit_wide_term(model: KARModel, train: dict[str, torch.Tensor]) -> None:
     wide.bias.copy_(torch.from_numpy(lr.intercept_.astype(np.float32)))
 
 
+@torch.no_grad()
+def close_knowledge(model: KARModel, fallback_state: Mapping[str, torch.Tensor]) -> None:
+    """Make ``model`` the model without knowledge: its backbone from ``fallback_state``, its
+    knowledge projections zero (the adaptor's output then reaches nothing)."""
+    missing, unexpected = model.load_state_dict(dict(fallback_state), strict=False)
+    foreign = [k for k in missing if not _is_knowledge_parameter(k)] + list(unexpected)
+    if foreign:
+        raise ConfigError(f"the fallback model has other parameters: {foreign[:3]}")
+    inputs = model.backbone.inputs
+    for proj in (inputs.user_proj, inputs.item_proj):
+        proj.weight.zero_()
+        proj.bias.zero_()
+
+
+def _gate(
+    model: KARModel,
+    fallback_state: Mapping[str, torch.Tensor],
+    valid: dict[str, torch.Tensor],
+    confidence: float,
+    seed: int,
+) -> bool:
+    """Keep the trained knowledge model (True) or close it into the fallback (False)."""
+    from kar.models.metrics import auc_win_probability
+
+    if confidence <= 0:
+        return True
+    closed = copy.deepcopy(model)
+    close_knowledge(closed, fallback_state)
+    labels = valid["label"].numpy()
+    win = auc_win_probability(labels, predict(model, valid), predict(closed, valid), seed=seed)
+    if win >= confidence:
+        return True
+    model.load_state_dict(closed.state_dict())
+    return False
+
+
 def _is_knowledge_parameter(name: str) -> bool:
     """Parameters a model without knowledge does not have (adaptor, knowledge projections)."""
     return name.startswith("adaptor.") or ".user_proj." in name or ".item_proj." in name
@@ -228,6 +267,7 @@ def train_ctr(
     progress: bool = False,
     evaluate_test: bool = True,
     init_state: Mapping[str, torch.Tensor] | None = None,
+    fallback_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``backbone`` (with the adaptor jointly when ``adaptor_config`` is given).
 
@@ -237,7 +277,10 @@ def train_ctr(
     knowledge model starts as that same function (its knowledge projections start at zero).
     Without it, the wide term starts from a logistic regression on the train counters. The
     starting point is epoch 0 of the selection on validation, so knowledge that does not
-    help on validation leaves the model as it was.
+    help on validation leaves the model as it was. ``fallback_state`` (a model without
+    knowledge, as for ``init_state``): the gate that can close; the trained knowledge model
+    is kept only if it beats that model on validation with probability
+    ``knowledge_gate`` (paired bootstrap), else the result is that model (knowledge off).
     """
     set_seed(seed)
     model, config = build_model(features, backbone, model_config, adaptor_config)
@@ -303,6 +346,11 @@ def train_ctr(
                 break
     assert best is not None and best_state is not None
     model.load_state_dict(best_state)
+    gate_open = None
+    if fallback_state is not None and model.adaptor is not None:
+        gate_open = _gate(model, fallback_state, valid, config.knowledge_gate, seed)
+        if not gate_open:
+            best, best_epoch = evaluate(model, valid), 0
     test_auc, test_logloss = (
         evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
     )
@@ -323,4 +371,5 @@ def train_ctr(
         model_config=config,
         adaptor_config=adaptor_config,
         history=history,
+        gate_open=gate_open,
     )
