@@ -116,3 +116,27 @@ def test_export_rejects_wrong_dim_and_missing_folder(trained, tmp_path):
     assert empty_users.height == 0
     with pytest.raises(ConfigError, match="lacks config.json"):
         TrainedAdaptor.load(tmp_path)
+
+
+def test_input_standardisation_is_fitted_on_training_entities_and_saved(trained, tmp_path):
+    result, users, items = trained
+    module = result.model.adaptor
+    x = torch.from_numpy(np.array(items["vector"].to_list(), dtype=np.float32))
+    # fitted on the item vectors the model saw: mean and std per dimension
+    torch.testing.assert_close(module.input_mean[1], x.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(module.input_std[1], x.std(0), rtol=1e-4, atol=1e-5)
+    folder = result.trained_adaptor().save(tmp_path / "scaled")
+    loaded = TrainedAdaptor.load(folder)
+    torch.testing.assert_close(loaded.module.input_std, module.input_std)
+    # an adaptor folder saved before standardisation existed loads as the identity
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "weights.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("input_")},
+              str(folder / "weights.safetensors"))  # fmt: skip
+    old = TrainedAdaptor.load(folder)
+    assert not old.config.standardize and bool((old.module.input_std == 1).all())
+    # off in the config: no scaling at all
+    plain = build_adaptor(AdaptorConfig(type="mlp", standardize=False), 8)
+    plain.fit_input_scaler(x, x)
+    assert bool((plain.input_mean == 0).all())

@@ -30,6 +30,9 @@ class AdaptorConfig(BaseModel):
     out_dim: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     input_dim: int | None = Field(None, ge=1)  # inferred from the encodings when None
+    # z-score each kind's raw encodings per dimension (statistics fitted on the training
+    # entities, saved with the weights) before the experts
+    standardize: bool = True
 
     @model_validator(mode="after")
     def _check_experts(self) -> AdaptorConfig:

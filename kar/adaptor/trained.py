@@ -73,8 +73,11 @@ class TrainedAdaptor:
         try:
             meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
             config = AdaptorConfig.model_validate(meta["adaptor"])
+            weights = load_file(str(path / WEIGHTS_FILE))
+            if "input_mean" not in weights:  # saved before input standardisation: identity
+                config = config.model_copy(update={"standardize": False})
             module = build_adaptor(config, int(meta["input_dim"]))
-            module.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+            module.load_state_dict({**module.state_dict(), **weights})
         except (KeyError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot load trained adaptor from {path}: {exc}") from exc
         metrics_path = path / METRICS_FILE

@@ -189,6 +189,11 @@ def build_model(
     if not features.has_knowledge:
         raise ConfigError("an adaptor config was given but the features carry no knowledge")
     adaptor = build_adaptor(adaptor_config, features.knowledge_dim)
+    know = features.knowledge_tensors()
+    adaptor.fit_input_scaler(
+        know["user_knowledge"][know["user_missing"] == 0],
+        know["item_knowledge"][know["item_missing"] == 0],
+    )
     net = entry.model(spec, config, knowledge_dim=adaptor.out_dim)
     return KARModel(net, adaptor, features.knowledge_tensors()), config
 
