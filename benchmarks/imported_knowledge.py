@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,19 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 ML1M = REPO.parent / "shared" / "data" / "ml-1m"  # ratings of users 1-2999 (found inside)
-
-
-def cpu_name() -> str:
-    """The CPU model name (Linux /proc/cpuinfo), else platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def kar_cli(*args: str) -> str:
@@ -148,6 +137,8 @@ def run(name: str, project, files, backbones: list[str], seeds: int, z_score: bo
 
 
 def main() -> None:
+    from machine import machine_line
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -185,10 +176,7 @@ def main() -> None:
             f"evaluate {t['evaluate_s']:.0f} s"
         )
         print(f"{r['name']}: {r['headline']}")
-    print(
-        f"\nmachine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        f"\ncommand: {command.strip()}"
-    )
+    print(f"\nmachine: {machine_line()}\ncommand: {command.strip()}")
 
 
 if __name__ == "__main__":
