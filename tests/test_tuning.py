@@ -117,3 +117,32 @@ def test_tuning_is_a_project_setting_with_a_small_shared_grid() -> None:
 
     for point in TUNING_GRID:  # fields every backbone shares
         assert set(point) <= set(ModelConfig.model_fields)
+
+
+def test_model_config_in_kar_yaml_reaches_each_backbone(features) -> None:
+    from kar.errors import ConfigError
+
+    training = ProjectSettings.model_validate(
+        {
+            "training": {
+                "model_config": {
+                    "default": {"embedding_dim": 4, "max_epochs": 1},
+                    "din": {"embedding_dim": 6},
+                }
+            }
+        }  # fmt: skip
+    ).training
+    assert training.backbone_config("deepfm") == {"embedding_dim": 4, "max_epochs": 1}
+    assert training.backbone_config("din") == {"embedding_dim": 6, "max_epochs": 1}
+    # the key kar.yaml uses is written back as it was read
+    dumped = ProjectSettings(training=training).model_dump(mode="json", by_alias=True)
+    assert dumped["training"]["model_config"]["din"] == {"embedding_dim": 6}
+    plain = features.without_knowledge()
+    for backbone, dim in (("deepfm", 4), ("din", 6)):
+        result = train_ctr(plain, backbone, training.backbone_config(backbone))
+        assert result.model.backbone.inputs.user.embedding_dim == dim
+    bad = ProjectSettings.model_validate(
+        {"training": {"model_config": {"din": {"embeding_dim": 6}}}}
+    ).training
+    with pytest.raises(ConfigError, match="(?s)invalid din config.*embeding_dim"):
+        train_ctr(plain, "din", bad.backbone_config("din"))
