@@ -118,8 +118,16 @@ def test_export_rejects_wrong_dim_and_missing_folder(trained, tmp_path):
         TrainedAdaptor.load(tmp_path)
 
 
-def test_input_standardisation_is_fitted_on_training_entities_and_saved(trained, tmp_path):
-    result, users, items = trained
+def test_input_standardisation_is_fitted_on_training_entities_and_saved(tmp_path):
+    ds, truth = synthetic_dataset(n_users=100, n_items=300, n_rows=3000)
+    users, items = synthetic_knowledge(ds, truth, dim=8)
+    features = CTRFeatures.build(
+        ds, simple_time_split(ds.interactions), knowledge_users=users, knowledge_items=items
+    )
+    config = AdaptorConfig.load("hea").model_copy(
+        update={"out_dim": 4, "expert_hidden": [16], "standardize": True}
+    )
+    result = train_ctr(features, "deepfm", {"max_epochs": 1, "batch_size": 256}, config, seed=0)
     module = result.model.adaptor
     x = torch.from_numpy(np.array(items["vector"].to_list(), dtype=np.float32))
     # fitted on the item vectors the model saw: mean and std per dimension
@@ -136,7 +144,7 @@ def test_input_standardisation_is_fitted_on_training_entities_and_saved(trained,
               str(folder / "weights.safetensors"))  # fmt: skip
     old = TrainedAdaptor.load(folder)
     assert not old.config.standardize and bool((old.module.input_std == 1).all())
-    # off in the config: no scaling at all
-    plain = build_adaptor(AdaptorConfig(type="mlp", standardize=False), 8)
+    # off in the config (the default): no scaling at all
+    plain = build_adaptor(AdaptorConfig(type="mlp"), 8)
     plain.fit_input_scaler(x, x)
     assert bool((plain.input_mean == 0).all())
