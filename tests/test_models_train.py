@@ -173,3 +173,31 @@ def test_win_probability_of_the_paired_bootstrap():
     assert auc_win_probability(labels, good, noise) == 1.0
     assert auc_win_probability(labels, noise, good) == 0.0
     assert auc_win_probability(labels, good, good) == 0.5  # ties count half
+
+
+def test_knowledge_dropout_drops_whole_rows_in_training_only(small):
+    from kar.models.train import build_model
+
+    model, _ = build_model(
+        small, "deepfm", {**SMALL, "knowledge_dropout": 0.5}, AdaptorConfig.load("mlp")
+    )
+    inputs = model.backbone.inputs
+    with torch.no_grad():  # open the knowledge projections (they start at zero)
+        inputs.user_proj.weight.fill_(0.5)
+        inputs.item_proj.weight.fill_(0.5)
+    batch = {k: v[:256] for k, v in small.tensors("train").items()}
+    plain_user = inputs.user(batch["user"])
+
+    def user_field(train: bool) -> torch.Tensor:
+        model.train(train)
+        captured = {}
+        hook = inputs.register_forward_hook(lambda m, a, out: captured.update(f=out.fields))
+        with torch.no_grad():
+            torch.manual_seed(0)
+            model(batch)
+        hook.remove()
+        return captured["f"][:, 0]
+
+    kept = ~torch.isclose(user_field(True), plain_user).all(1)
+    assert 0.3 < kept.float().mean() < 0.7  # about half the rows keep their knowledge
+    assert (~torch.isclose(user_field(False), plain_user).all(1)).all()  # eval: every row
