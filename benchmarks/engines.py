@@ -41,10 +41,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 DATA = REPO.parent / "shared" / "data" / "ml-100k"
 
 
 def main() -> None:
+    from machine import cpu_name
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -214,17 +217,6 @@ def main() -> None:
         ray_s, vllm_s = rows["ray kar"][0], rows["vllm kar"][0]
         steady = ray_s - len(prompts) * rows["ray start-up"][0]  # one job per kind
         print(f"ray_vs_vllm: {ray_s / vllm_s:.2f}x ray_vs_vllm_steady: {steady / vllm_s:.2f}x")
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), e.g. "Intel(R) Xeon(R) Processor"."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def ray_version() -> str:

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kar.cli_helpers import guard
+
 console = Console()
 _ProjectDir = typer.Option(Path("."), "--project", "-p", help="Project folder (with kar.yaml).")
 
@@ -16,19 +18,6 @@ embed_app = typer.Typer(
     "(settings: embedding.yaml; docs/embedding.md).",
     invoke_without_command=True,
 )
-
-
-def _guard(fn):
-    from kar.errors import KarError
-
-    try:
-        return fn()
-    except KarError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt as exc:
-        console.print("[yellow]interrupted[/yellow]: checkpoints are saved; rerun to resume.")
-        raise typer.Exit(130) from exc
 
 
 def _load(project: Path):
@@ -40,14 +29,14 @@ def _load(project: Path):
 def _embed_and_publish(project: Path, raw: bool, publish: bool) -> None:
     from kar.embedding import stage
 
-    proj = _guard(lambda: _load(project))
-    vectors = _guard(lambda: stage.embed_items(proj, tuned=False if raw else None))
+    proj = guard(lambda: _load(project))
+    vectors = guard(lambda: stage.embed_items(proj, tuned=False if raw else None))
     console.print(
         f"embedded {vectors.items.height} items into {vectors.dim}-dim vectors "
         f"({vectors.encoder_id}) -> {proj.items_dir}"
     )
     if publish:
-        report = _guard(lambda: stage.publish(proj))
+        report = guard(lambda: stage.publish(proj))
         console.print(
             f"published {report.items} item and {report.users} user vectors to Feast "
             f"({proj.repo}, {report.seconds:.1f} s)"
@@ -74,8 +63,8 @@ def tune(
     """Contrastive tuning on co-occurring items (resumable), then re-embed and publish."""
     from kar.embedding import stage
 
-    proj = _guard(lambda: _load(project))
-    result = _guard(lambda: stage.tune(proj))
+    proj = guard(lambda: _load(project))
+    result = guard(lambda: stage.tune(proj))
     scores = ", ".join(f"{s:.4f}" for s in result.scores)
     console.print(
         f"tuned ({result.method}): {result.steps} steps, best epoch {result.best_epoch + 1} "
@@ -92,14 +81,14 @@ def users(
     """Train the user tower on the item embeddings and export one vector per user."""
     from kar.embedding import stage
 
-    proj = _guard(lambda: _load(project))
-    tower, vectors = _guard(lambda: stage.train_users(proj))
+    proj = guard(lambda: _load(project))
+    tower, vectors = guard(lambda: stage.train_users(proj))
     console.print(
         f"user tower: best epoch {tower.best_epoch + 1}, {vectors.users.height} user vectors "
         f"-> {proj.users_dir}"
     )
     if publish:
-        report = _guard(lambda: stage.publish(proj))
+        report = guard(lambda: stage.publish(proj))
         console.print(f"published {report.items} item and {report.users} user vectors to Feast")
 
 
@@ -111,8 +100,8 @@ def similar(
     """Nearest items by embedding, through Feast vector search (i2i)."""
     from kar.embedding.feast_repo import similar_items
 
-    proj = _guard(lambda: _load(project))
-    hits = _guard(lambda: similar_items(proj.repo, item_id, k))
+    proj = guard(lambda: _load(project))
+    hits = guard(lambda: similar_items(proj.repo, item_id, k))
     table = Table("rank", "item", "cosine distance", "text", title=f"items similar to {item_id}")
     for rank, hit in enumerate(hits, 1):
         table.add_row(str(rank), hit.entity_id, f"{hit.distance:.4f}", (hit.text or "")[:70])
