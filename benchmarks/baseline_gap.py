@@ -40,9 +40,11 @@ def main() -> None:
     from machine import machine_line
 
     from kar.data import load_demo, load_movielens, make_time_split, write_demo_dataset
-    from kar.models.evaluation import BASELINE, compare, markdown_table, summarize
+    from kar.models.harness import compare
     from kar.models.inputs import CTRFeatures
     from kar.models.registry import available_models
+    from kar.models.report import markdown_table, summarize
+    from kar.models.runlog import BASELINE
 
     backbones = available_models() if args.backbones == "all" else args.backbones.split(",")
     started = time.perf_counter()

@@ -104,7 +104,7 @@ def standardize(vectors) -> None:
 
 def run(name: str, project, files, backbones: list[str], seeds: int, z_score: bool = False) -> dict:
     """Import (CLI), encode, evaluate one project; its table and headline."""
-    from kar.models.evaluation import headline_line
+    from kar.models.report import headline_line
     from kar.pipeline import run_encode, run_evaluate
 
     timings = {}

@@ -187,11 +187,14 @@ def main() -> None:
             *gen_lines,
             "",
             "Wall time per stage (s): "
-            + ", ".join(f"{stage} {seconds}" for stage, seconds in timings.items()),
+            + ", ".join(
+                f"{stage} {t['last_s'] if isinstance(t, dict) else t}"
+                for stage, t in timings.items()
+            ),
             "",
         ]
     )
-    from kar.models.evaluation import headline_line
+    from kar.models.report import headline_line
 
     summary_line = headline_line(summary)
     if args.summary:

@@ -35,9 +35,10 @@ def main() -> None:
 
     from machine import machine_line
 
-    from kar.models.evaluation import compare, headline, summarize
-    from kar.models.evaluation import markdown_table as table
+    from kar.models.harness import compare
     from kar.models.registry import available_models
+    from kar.models.report import headline, summarize
+    from kar.models.report import markdown_table as table
     from kar.pipeline import adaptor_config, ctr_features, load_data
     from kar.project import ProjectFolder
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from kar.cli_helpers import PROJECT_DIR, console, guard, open_project
 from kar.data.demo import DEMO_USERS
@@ -44,7 +43,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: download MovieLens.", no_args_is_help=True)
 features_app = typer.Typer(help="Knowledge features in the Feast repository.", no_args_is_help=True)
+config_app = typer.Typer(help="kar.yaml: its reference.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
 app.add_typer(features_app, name="features")
 register_feature_commands(features_app)  # kar/features/cli.py (issue 5)
 app.add_typer(refresh_app, name="refresh")  # kar/refresh/cli.py (issue 6)
@@ -58,7 +59,22 @@ register_embedding_commands(features_app)  # `kar features similar` (issue 23)
 @app.command()
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder to create the project in."),
-    users: int = typer.Option(DEMO_USERS, help="Number of synthetic demo users."),
+    interactions: Path = typer.Option(
+        None, help="Your interactions file (CSV / TSV / Parquet): a project over your data."
+    ),
+    items: Path = typer.Option(None, help="With --interactions: your items file."),
+    users: str = typer.Option(
+        None,
+        help="With --interactions: your users file. Without: the number of synthetic demo "
+        f"users (default {DEMO_USERS}).",
+    ),
+    item_noun: str = typer.Option("item", help="What your items are called (film, book, ...)."),
+    factors: str = typer.Option(
+        None, help="Comma-separated factors the LLM is asked about (default: generic ones)."
+    ),
+    map_: list[str] = typer.Option(
+        None, "--map", help="kar column=your column, to override a guess (e.g. rating=stars)."
+    ),
     seed: int = typer.Option(0, help="Seed of the synthetic demo users."),
     force: bool = typer.Option(False, help="Overwrite an existing kar.yaml."),
     demo: str = typer.Option(
@@ -67,19 +83,78 @@ def init(
         "films' hidden traits in words imported as item knowledge). docs/data.md",
     ),
 ) -> None:
-    """Create a project: demo dataset, scenario prompts, adaptor configs, Feast repository."""
+    """Create a project: over your tables (--interactions), or the demo dataset."""
     from kar.facade import Project
 
-    project = guard(Project.init, directory, n_users=users, seed=seed, force=force, demo=demo)
-    console.print(f"created kar project in [bold]{project.root}[/bold] (settings: kar.yaml)")
+    if interactions is None:
+        n_users = _demo_users(users)
+        project = guard(Project.init, directory, n_users=n_users, seed=seed, force=force, demo=demo)
+        console.print(f"created kar project in [bold]{project.root}[/bold] (settings: kar.yaml)")
+        return
+    project = guard(
+        Project.init, directory, interactions=interactions, items=items, users=users,
+        item_noun=item_noun, mapping=_mapping_option(map_),
+        factors=[f.strip() for f in factors.split(",") if f.strip()] if factors else None,
+        force=force,
+    )  # fmt: skip
+    _print_init(project)
+
+
+def _demo_users(value: str | None) -> int:
+    if value is None:
+        return DEMO_USERS
+    if not value.isdigit():
+        console.print(f"[red]error:[/red] --users {value!r}: a number of demo users, or a users "
+                      "file together with --interactions")  # fmt: skip
+        raise typer.Exit(2)
+    return int(value)
+
+
+def _mapping_option(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            console.print(f"[red]error:[/red] --map {pair!r}: expected KAR_COLUMN=YOUR_COLUMN")
+            raise typer.Exit(2)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _print_init(project: Project) -> None:
+    """What ``kar init --interactions`` found and wrote."""
+    settings = project.settings
+    console.print(f"created kar project [bold]{settings.name}[/bold] in {project.root}")
+    for note in project.init_notes:
+        console.print(f"  {note}", markup=False)
+    console.print(f"kar.yaml dataset: {settings.dataset.model_dump(exclude_defaults=True)}",
+                  markup=False)  # fmt: skip
+    console.print(
+        f"scenario: prompts/{settings.scenario}.yaml (edit its factors); Feast project "
+        f"{settings.features.project}"
+    )
+    summary = guard(project.describe_data)
+    for line in summary.lines():
+        console.print(line, markup=False)
+    console.print("next: kar generate --estimate, then kar generate (docs/configuration.md)")
 
 
 @app.command()
 def generate(
     project: Path = PROJECT_DIR,
-    limit: int = typer.Option(None, help="At most this many prompts per kind (for a trial)."),
+    limit: int = typer.Option(
+        None, min=0, help="At most this many prompts per kind (for a trial)."
+    ),
+    sample: int = typer.Option(
+        None, min=1, help="A seeded random sample of this many users and items (for a trial)."
+    ),
+    estimate: bool = typer.Option(
+        False, "--estimate", help="Only say what it would take (prompts, tokens, time)."
+    ),
     backend: str = typer.Option(
-        None, help="For this run: transformers | vllm | openai (default: kar.yaml's)."
+        None,
+        help="For this run: auto | transformers | vllm | openai | ray | a dotted class path "
+        "(default: kar.yaml's).",
     ),
     speculative: str = typer.Option(
         None, help="For this run (transformers): off | exact | relaxed (default: kar.yaml's)."
@@ -87,8 +162,21 @@ def generate(
 ) -> None:
     """Ask the LLM the user-preference and item-fact questions (resumable)."""
     proj = open_project(project)
-    reports = guard(proj.generate, limit=limit, backend=backend, speculative=speculative)
+    if limit == 0:
+        console.print("nothing to do: --limit 0 asks for no prompts")
+        return
+    estimates = guard(proj.estimate, limit=limit, sample=sample, backend=backend)
+    for line in estimates:
+        console.print(("estimate " if not estimate else "") + line.line(), markup=False)
+    if estimate:
+        return
+    reports = guard(
+        proj.generate, limit=limit, sample=sample, backend=backend, speculative=speculative
+    )
     _print_generation(reports)
+    if not reports:
+        console.print("nothing to do: imported texts cover every prompt, or there are none")
+    _print_coverage(proj, "answers")
 
 
 def _print_generation(reports: dict[str, GenerationReport]) -> None:
@@ -99,7 +187,17 @@ def _print_generation(reports: dict[str, GenerationReport]) -> None:
 @app.command()
 def encode(project: Path = PROJECT_DIR) -> None:
     """Encode the answers into vectors (cached by text hash)."""
-    _print_encoded(guard(open_project(project).encode))
+    proj = open_project(project)
+    _print_encoded(guard(proj.encode))
+    _print_coverage(proj, "encoded")
+
+
+def _print_coverage(project: Project, source: str) -> None:
+    """The coverage line after generate / encode / publish, and its warnings."""
+    coverage = guard(project.coverage, source)
+    console.print(coverage.line(), markup=False)
+    for warning in coverage.warnings():
+        console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def _print_encoded(vectors: EntityVectors) -> None:
@@ -116,17 +214,49 @@ def train(project: Path = PROJECT_DIR) -> None:
 
 
 def _print_trained(result: TrainResult) -> None:
+    import json
+
+    from kar.adaptor.verdict import gain_lineage, verdict_line
+
+    gate = "" if result.gate_open is None else f"; gate {'open' if result.gate_open else 'closed'}"
     console.print(
         f"trained: valid AUC {result.valid_auc:.4f}, test AUC {result.test_auc:.4f} "
-        f"(best epoch {result.best_epoch})"
+        f"(best epoch {result.best_epoch}{gate})",
+        markup=False,
     )
+    if result.tuning:
+        config = json.dumps(result.tuning.get("config"), sort_keys=True)
+        console.print(f"configuration ({result.tuning.get('source')}): {config}", markup=False)
+    if result.best_trained_epoch is not None:
+        console.print(
+            f"saved adaptor: trained epoch {result.best_trained_epoch} (valid AUC "
+            f"{result.ungated_valid_auc:.4f}, test AUC {result.ungated_test_auc:.4f} without "
+            "the gate)",
+            markup=False,
+        )
+    console.print(verdict_line(gain_lineage(result.metrics())), markup=False)
 
 
 @app.command()
-def publish(project: Path = PROJECT_DIR) -> None:
+def publish(
+    project: Path = PROJECT_DIR,
+    require_gain: bool = typer.Option(
+        False, help="Refuse (nothing written) unless knowledge beat no knowledge on validation."
+    ),
+) -> None:
     """Publish the adapted vectors to Feast (offline Parquet, apply, materialise online)."""
-    report = guard(open_project(project).publish)
+    proj = open_project(project)
+    report = guard(proj.publish, require_gain=require_gain)
     console.print(f"published {report.summary()}")
+    _print_verdict(report.lineage)
+    _print_coverage(proj, "published")
+
+
+def _print_verdict(lineage: dict[str, str]) -> None:
+    """One line: did knowledge beat no knowledge on validation (the published adaptor's)."""
+    from kar.adaptor.verdict import verdict_line
+
+    console.print(f"adaptor: {verdict_line(lineage)}", markup=False)
 
 
 @app.command()
@@ -185,7 +315,9 @@ def _quickstart_stages(project: Project) -> None:
     console.rule("4/6 train the hybrid-expert adaptor jointly with a CTR model")
     _print_trained(project.train())
     console.rule("5/6 publish to Feast")
-    console.print("published " + project.publish().summary())
+    published = project.publish()
+    console.print("published " + published.summary())
+    _print_verdict(published.lineage)
     views = list_knowledge_views(project.folder.feature_repo)
     console.print("feature views: " + ", ".join(v["name"] for v in views))
     user_id = project.split.test["user_id"][0]
@@ -200,25 +332,8 @@ def _quickstart_stages(project: Project) -> None:
     console.print(report.markdown.read_text(), markup=False)
     console.print(f"plot: {report.plot}")
     timings = json.loads((project.folder.artifacts / TIMINGS_FILE).read_text())
-    console.print("wall time per stage (s): " + json.dumps(timings))
-
-
-@features_app.command("list")
-def features_list(project: Path = PROJECT_DIR) -> None:
-    """List the knowledge feature views of the project's Feast repository."""
-    from kar.features import list_knowledge_views
-
-    proj = open_project(project)
-    views = guard(list_knowledge_views, proj.folder.feature_repo)
-    table = Table("feature view", "entities", "features", "tags")
-    for view in views:
-        table.add_row(
-            view["name"],
-            ", ".join(view["entities"]),
-            ", ".join(f"{name}: {view['dtype']}" for name in view["features"]),
-            ", ".join(f"{k}={v}" for k, v in view["tags"].items()),
-        )
-    console.print(table)
+    last = {stage: t["last_s"] if isinstance(t, dict) else t for stage, t in timings.items()}
+    console.print("wall time per stage (s): " + json.dumps(last))
 
 
 @features_app.command("online")
@@ -233,6 +348,17 @@ def features_online(
     console.print(f"user {user_id}: missing={batch.user_missing} vector[:6]={batch.user[:6]}")
     for item_id, vec, missing in zip(item_ids, batch.items, batch.items_missing, strict=True):
         console.print(f"item {item_id}: missing={bool(missing)} vector[:6]={vec[:6]}")
+
+
+@config_app.command("docs")
+def config_docs(
+    out: Path = typer.Option(Path("docs/configuration.md"), help="Where to write it."),
+) -> None:
+    """Write the kar.yaml reference (every section and field, type, default, what it does)."""
+    from kar.config_docs import write_configuration_doc
+
+    path = guard(write_configuration_doc, out)
+    console.print(f"wrote {path}")
 
 
 @data_app.command("fetch")

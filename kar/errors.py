@@ -45,3 +45,7 @@ class GenerationError(KarError):
 
 class FeatureStoreError(KarError):
     """Publishing to or reading from the Feast feature store failed."""
+
+
+class KnowledgeStoreError(KarError):
+    """The knowledge store (or another of kar's SQLite files) is damaged or stays locked."""

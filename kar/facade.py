@@ -26,8 +26,12 @@ from kar.data.demo import DEMO_USERS
 from kar.errors import ConfigError
 from kar.pipeline import (
     EvaluationReport,
+    KindEstimate,
+    estimate_generation,
     import_knowledge,
     init_project,
+    init_table_project,
+    knowledge_ids,
     load_data,
     load_scenario,
     run_encode,
@@ -41,8 +45,12 @@ from kar.project import ProjectFolder, ProjectSettings
 if TYPE_CHECKING:
     import polars as pl
 
+    from kar.data.inspect import DataSummary
     from kar.data.schema import Dataset, Split
+    from kar.embedding.feast_repo import Neighbour
+    from kar.embedding.stage import EmbeddingReport
     from kar.encoding import EntityVectors
+    from kar.encoding.coverage import Coverage
     from kar.features import KnowledgeServer, PublishReport
     from kar.generation import GenerationReport, KnowledgeStore
     from kar.generation.imports import ImportReport
@@ -56,6 +64,7 @@ class Project:
 
     def __init__(self, root: str | Path = ".") -> None:
         self.folder = ProjectFolder.load(root)
+        self.init_notes: list[str] = []  # what `init` found in your tables
 
     @classmethod
     def init(
@@ -66,11 +75,32 @@ class Project:
         seed: int = 0,
         force: bool = False,
         demo: str = "standard",
+        interactions: str | Path | None = None,
+        items: str | Path | None = None,
+        users: str | Path | None = None,
+        item_noun: str = "item",
+        mapping: dict[str, str] | None = None,
+        factors: list[str] | None = None,
     ) -> Project:
-        """Create a project in ``root``: demo dataset, scenarios, adaptor configs, Feast repo.
-        ``demo``: ``standard``, ``grounded`` or ``oracle`` (:func:`kar.pipeline.init_project`)."""
-        init_project(Path(root), n_users=n_users, seed=seed, force=force, demo=demo)
-        return cls(root)
+        """Create a project in ``root``.
+
+        With ``interactions`` (and optionally ``items`` / ``users``): over your own tables,
+        the column mapping proposed from them (``mapping``, kar column -> yours, overrides a
+        guess; :attr:`init_notes` says what was found), a scenario scaffold for
+        ``item_noun`` and ``factors``, and the data validated once
+        (:func:`kar.pipeline.init_table_project`). Without: the demo dataset; ``demo``:
+        ``standard``, ``grounded`` or ``oracle`` (:func:`kar.pipeline.init_project`)."""
+        if interactions is None:
+            init_project(Path(root), n_users=n_users, seed=seed, force=force, demo=demo)
+            return cls(root)
+        folder, proposal, data = init_table_project(
+            Path(root), interactions, items, users, item_noun=item_noun, mapping=mapping,
+            factors=factors, force=force,
+        )  # fmt: skip
+        project = cls(folder.root)
+        project.__dict__["_data"] = data  # validated once already
+        project.init_notes = list(proposal.notes)
+        return project
 
     def __repr__(self) -> str:
         return f"kar.Project({str(self.root)!r})"
@@ -110,6 +140,20 @@ class Project:
 
         return KnowledgeStore(self.folder.knowledge_store_url)
 
+    def describe_data(self) -> DataSummary:
+        """Rows, users, items, time range, labels, split sizes and rejects of the dataset."""
+        from kar.data.inspect import summarize_dataset
+
+        return summarize_dataset(self.dataset, self.split)
+
+    def coverage(self, source: str = "encoded") -> Coverage:
+        """The share of users, items and train / test rows with knowledge: answers in the
+        store (``answers``), encoded vectors (``encoded``) or adapted vectors (``published``)."""
+        from kar.encoding.coverage import knowledge_coverage
+
+        users, items = knowledge_ids(self.folder, source, self.store)
+        return knowledge_coverage(self.dataset, self.split, users, items)
+
     def reload(self) -> None:
         """Forget the loaded dataset and scenario (after the files changed on disk)."""
         for name in ("_data", "scenario"):
@@ -121,6 +165,7 @@ class Project:
         self,
         *,
         limit: int | None = None,
+        sample: int | None = None,
         kinds: set[str] | None = None,
         backend: str | None = None,
         speculative: str | None = None,
@@ -128,7 +173,9 @@ class Project:
     ) -> dict[str, GenerationReport]:
         """Ask the LLM every prompt not answered yet; one report per knowledge kind.
 
-        ``limit``: at most this many prompts per kind; ``kinds``: only these kinds;
+        ``sample``: a seeded random sample of this many entities per kind (a trial that
+        covers the data evenly); ``limit``: at most this many prompts per kind, in build
+        order; ``kinds``: only these kinds;
         ``backend`` / ``speculative``: override ``generation.backend`` /
         ``generation.speculative.mode`` for this call (kar.yaml is not changed).
         """
@@ -138,12 +185,31 @@ class Project:
         return run_generate(
             folder,
             limit=limit,
+            sample=sample,
             kinds=kinds,
             progress=progress,
             data=self._data,
             scenario=self.scenario,
             store=self.store,
         )
+
+    def estimate(
+        self,
+        *,
+        limit: int | None = None,
+        sample: int | None = None,
+        kinds: set[str] | None = None,
+        backend: str | None = None,
+    ) -> list[KindEstimate]:
+        """What :meth:`generate` would do, per kind (prompts, tokens, time at this machine's
+        measured rate), without loading the LLM."""
+        folder = self.folder
+        if backend is not None:
+            folder = ProjectFolder(self.root, self._generation_override(backend, None))
+        return estimate_generation(
+            folder, limit=limit, sample=sample, kinds=kinds, data=self._data,
+            scenario=self.scenario, store=self.store,
+        )  # fmt: skip
 
     def _generation_override(self, backend: str | None, speculative: str | None) -> ProjectSettings:
         gen = self.settings.generation.model_dump()
@@ -176,9 +242,12 @@ class Project:
             scenario=self.scenario, store=self.store,
         )  # fmt: skip
 
-    def publish(self) -> PublishReport:
-        """Publish the adapted vectors to Feast: offline partition, apply, materialise."""
-        return run_publish(self.folder, data=self._data, store=self.store)
+    def publish(self, *, require_gain: bool = False) -> PublishReport:
+        """Publish the adapted vectors to Feast: offline partition, apply, materialise.
+        ``require_gain``: refuse unless knowledge beat no knowledge on validation."""
+        return run_publish(
+            self.folder, data=self._data, store=self.store, require_gain=require_gain
+        )
 
     def evaluate(
         self, *, seeds: list[int] | None = None, progress: bool = True
@@ -194,6 +263,46 @@ class Project:
         report = refresh(self.folder, source=source, progress=progress)
         self.reload()
         return report
+
+    # -- embeddings for retrieval (docs/embedding.md) -----------------------------------
+
+    def embed(
+        self, *, raw: bool = False, publish: bool = True, progress: bool = True
+    ) -> EmbeddingReport:
+        """Embed every item with kar.yaml's ``embedding`` model (the tuned one once
+        :meth:`embed_tune` ran, unless ``raw``) and publish the vectors to Feast's
+        vector-indexed ``item_embedding`` view."""
+        from kar.embedding.stage import run_embed
+
+        return run_embed(self.folder, self._data, "items", raw=raw, publish=publish,
+                         progress=progress)  # fmt: skip
+
+    def embed_tune(self, *, publish: bool = True, progress: bool = True) -> EmbeddingReport:
+        """Contrastive tuning on co-occurring training-time items (resumable), then embed
+        every item with the tuned model and publish."""
+        from kar.embedding.stage import run_embed
+
+        return run_embed(self.folder, self._data, "tune", publish=publish, progress=progress)
+
+    def embed_users(self, *, publish: bool = True, progress: bool = True) -> EmbeddingReport:
+        """Train the user tower on the item embeddings; one vector per user, published."""
+        from kar.embedding.stage import run_embed
+
+        return run_embed(self.folder, self._data, "users", publish=publish, progress=progress)
+
+    def similar_items(self, item_id: str, k: int = 10) -> list[Neighbour]:
+        """i2i: the ``k`` items nearest to ``item_id``'s embedding, through Feast."""
+        from kar.embedding.feast_repo import similar_items
+        from kar.embedding.stage import EmbeddingPaths
+
+        return similar_items(EmbeddingPaths.of(self.folder).repo, item_id, k)
+
+    def recommend_items(self, user_id: str, k: int = 10) -> list[Neighbour]:
+        """u2i: the ``k`` items nearest to ``user_id``'s user-tower embedding, through Feast."""
+        from kar.embedding.feast_repo import recommend_items
+        from kar.embedding.stage import EmbeddingPaths
+
+        return recommend_items(EmbeddingPaths.of(self.folder).repo, user_id, k)
 
     # -- reading the published features --------------------------------------------------
 

@@ -10,45 +10,68 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kar.data.demo import DEMO_USERS
 from kar.errors import ConfigError, DataValidationError, KarError
-from kar.project import CONFIG_FILE, ProjectFolder, ProjectSettings
+from kar.project import CONFIG_FILE, GenerationSettings, ProjectFolder, ProjectSettings
 from kar.resources import bundled_dir
 
 if TYPE_CHECKING:
     import polars as pl
 
     from kar.adaptor import AdaptorConfig
+    from kar.data.inspect import TableProposal
     from kar.data.schema import Dataset, Split
     from kar.encoding import EntityVectors, TextEncoder
     from kar.features.publish import PublishReport
     from kar.generation import GenerationReport, KnowledgeStore
-    from kar.generation.backend import ChatMessages, GenerationBackend
     from kar.generation.imports import ImportReport
     from kar.models.inputs import CTRFeatures
     from kar.models.train import TrainResult
     from kar.prompts import Scenario
-    from kar.records import GenerationOutput, PromptRecord, SamplingParams
+    from kar.records import PromptRecord, SamplingParams
 
 TIMINGS_FILE = "timings.json"
 
 
 @contextmanager
 def timed_stage(project: ProjectFolder, stage: str) -> Iterator[None]:
-    """Record the wall time of a stage in ``artifacts/timings.json``."""
+    """Add the wall time of a stage run, finished, interrupted or failed, to
+    ``artifacts/timings.json``: per stage ``{"total_s", "last_s", "runs"}`` (a resumed
+    stage's total counts every run)."""
     start = time.perf_counter()
-    yield
-    seconds = time.perf_counter() - start
-    path = project.artifacts / TIMINGS_FILE
+    try:
+        yield
+    finally:
+        _add_timing(project.artifacts / TIMINGS_FILE, stage, time.perf_counter() - start)
+
+
+def _add_timing(path: Path, stage: str, seconds: float) -> None:
+    """Add one run of ``stage`` to the timings file (an older file's bare number counts as
+    one run of that many seconds; an unreadable file starts again), replaced whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[stage] = round(seconds, 2)
-    path.write_text(json.dumps(timings, indent=2))
+    try:
+        timings = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        timings = {}
+    old = timings.get(stage)
+    if isinstance(old, int | float):
+        old = {"total_s": old, "last_s": old, "runs": 1}
+    old = old or {"total_s": 0.0, "runs": 0}
+    timings[stage] = {
+        "total_s": round(old["total_s"] + seconds, 2),
+        "last_s": round(seconds, 2),
+        "runs": old["runs"] + 1,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=2))
+    tmp.replace(path)
 
 
 def init_project(
@@ -102,31 +125,81 @@ def init_project(
     return project
 
 
+def _data_path(file: Path, dest: Path) -> str:
+    """How kar.yaml names a data file: relative inside the project folder, else absolute."""
+    file = file.resolve()
+    return str(file.relative_to(dest)) if file.is_relative_to(dest) else str(file)
+
+
+def init_table_project(
+    dest: Path,
+    interactions: str | Path,
+    items: str | Path | None = None,
+    users: str | Path | None = None,
+    *,
+    item_noun: str = "item",
+    mapping: dict[str, str] | None = None,
+    factors: list[str] | None = None,
+    force: bool = False,
+) -> tuple[ProjectFolder, TableProposal, tuple[Dataset, Split]]:
+    """A project over your own tables (``kar init DIR --interactions FILE``): the column
+    mapping proposed from the headers and values (``mapping`` overrides a guess), kar.yaml
+    named after the folder, a scenario scaffold ``prompts/<name>.yaml`` for ``item_noun``,
+    adaptor configs and a Feast repository; then the data is validated once. No demo files.
+    """
+    from kar.data.inspect import (
+        feast_project_name,
+        propose_mapping,
+        scenario_name,
+        scenario_scaffold,
+    )
+    from kar.features import init_feature_repo
+    from kar.features.engines import sync_batch_engine
+    from kar.project import DatasetSettings
+
+    dest = Path(dest).resolve()
+    if (dest / CONFIG_FILE).exists() and not force:
+        raise KarError(f"{dest / CONFIG_FILE} already exists (use --force to overwrite)")
+    proposal = propose_mapping(interactions, items, users, mapping)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(bundled_dir("experts"), dest / "experts", dirs_exist_ok=True)
+    scenario = scenario_name(dest.name)
+    (dest / "prompts").mkdir(exist_ok=True)
+    (dest / "prompts" / f"{scenario}.yaml").write_text(
+        scenario_scaffold(
+            scenario,
+            item_noun,
+            factors=factors,
+            user_attributes=proposal.user_attributes,
+            item_text_columns=proposal.item_text_columns,
+            rating_max=proposal.rating_max,
+        ),
+        encoding="utf-8",
+    )
+    files = {"interactions": proposal.interactions, "items": proposal.items,
+             "users": proposal.users}  # fmt: skip
+    paths = {k: _data_path(v, dest) for k, v in files.items() if v is not None}
+    settings = ProjectSettings(name=dest.name, scenario=scenario)
+    settings.dataset = DatasetSettings.model_validate(proposal.dataset_settings(paths))
+    settings.features.project = feast_project_name(dest.name)
+    project = ProjectFolder(dest, settings)
+    fs = settings.features
+    init_feature_repo(
+        project.feature_repo, project=fs.project, online_store=fs.online_store,
+        registry=fs.registry, overwrite=force,
+    )  # fmt: skip
+    sync_batch_engine(project.feature_repo, fs)
+    project.save()
+    return project, proposal, load_data(project)
+
+
 def load_data(project: ProjectFolder) -> tuple[Dataset, Split]:
-    """Load and validate the project's dataset and split it by time (KAR's protocol)."""
-    from kar.data import load_demo, load_movielens, load_table_dataset, make_time_split
+    """Load and validate the project's dataset (the loader ``dataset.kind`` names in
+    :data:`kar.plugins.DATASET_KINDS`, or a dotted path) and split it by time (KAR's protocol)."""
+    from kar.plugins import DATASET_KINDS
 
     ds_cfg = project.settings.dataset
-    path = project.path(ds_cfg.path)
-    rejects = project.rejects_dir
-    if ds_cfg.kind == "demo":
-        dataset = load_demo(path)
-    elif ds_cfg.kind == "movielens":
-        dataset = load_movielens(
-            path,
-            variant=ds_cfg.variant,
-            label_threshold=ds_cfg.label_threshold,
-            rejects_dir=rejects,
-        )
-    else:
-        dataset = load_table_dataset(
-            path,
-            items=project.path(ds_cfg.items) if ds_cfg.items else None,
-            users=project.path(ds_cfg.users) if ds_cfg.users else None,
-            mapping=ds_cfg.mapping or None,
-            label_threshold=ds_cfg.label_threshold,
-            rejects_dir=rejects,
-        )
+    dataset = DATASET_KINDS.load(ds_cfg.kind)(project)
     missing = [c for c in ds_cfg.item_text_columns or [] if c not in dataset.items.columns]
     if missing:
         raise DataValidationError(
@@ -135,15 +208,21 @@ def load_data(project: ProjectFolder) -> tuple[Dataset, Split]:
             file=str(dataset.meta.get("files", {}).get("items") or "items table"),
             field=missing[0],
         )
+    return dataset, time_split(project, dataset)
+
+
+def time_split(project: ProjectFolder, dataset: Dataset) -> Split:
+    """``dataset`` split by time with kar.yaml's ``split`` settings (KAR's protocol)."""
+    from kar.data import make_time_split
+
     sp = project.settings.split
-    split = make_time_split(
+    return make_time_split(
         dataset,
         history_cap=sp.history_cap,
         history_fraction=sp.history_fraction,
         valid_fraction=sp.valid_fraction,
         test_fraction=sp.test_fraction,
     )
-    return dataset, split
 
 
 def load_scenario(project: ProjectFolder) -> Scenario:
@@ -157,16 +236,35 @@ def load_scenario(project: ProjectFolder) -> Scenario:
     return scenario
 
 
+@dataclass(frozen=True)
+class Subset:
+    """The entities a stage runs on instead of all of them (``kar refresh``): these user
+    and item ids; user prompts see history strictly before ``as_of`` (None: each user's
+    as-of instant of the split)."""
+
+    user_ids: tuple[str, ...] = ()
+    item_ids: tuple[str, ...] = ()
+    as_of: datetime | None = None
+
+
 def build_prompts(
-    project: ProjectFolder, dataset: Dataset, split: Split, scenario: Scenario | None = None
+    project: ProjectFolder,
+    dataset: Dataset,
+    split: Split,
+    scenario: Scenario | None = None,
+    subset: Subset | None = None,
 ) -> list[PromptRecord]:
-    """All user-preference and item-fact prompts of the project's scenario."""
+    """All user-preference and item-fact prompts of the project's scenario (``subset``:
+    of those entities only)."""
     from kar.prompts import build_item_prompts, build_user_prompts
 
     scenario = scenario or load_scenario(project)
-    users = build_user_prompts(dataset, scenario, split.as_of)
-    items = build_item_prompts(dataset, scenario)
-    return users + items
+    if subset is None:
+        users = build_user_prompts(dataset, scenario, split.as_of)
+        return users + build_item_prompts(dataset, scenario)
+    as_of = split.as_of if subset.as_of is None else subset.as_of
+    users = build_user_prompts(dataset, scenario, as_of, user_ids=subset.user_ids)
+    return users + build_item_prompts(dataset, scenario, item_ids=subset.item_ids)
 
 
 def sampling_params(
@@ -186,47 +284,6 @@ def sampling_params(
     )
 
 
-class LazyBackend:
-    """Loads the configured LLM backend on the first ``generate`` call, so a rerun with
-    nothing to do costs nothing (see :mod:`kar.generation.factory`)."""
-
-    def __init__(
-        self,
-        project: ProjectFolder,
-        store: KnowledgeStore | None = None,
-        prompts: Sequence[PromptRecord] = (),
-    ) -> None:
-        self._project = project
-        self._store = store
-        self._prompts = list(prompts)
-        self._backend: GenerationBackend | None = None
-
-    @property
-    def model_name(self) -> str:
-        from kar.generation.factory import backend_model_name
-
-        return backend_model_name(self._project.settings.generation)
-
-    def _loaded(self) -> GenerationBackend:
-        if self._backend is None:
-            from kar.generation.factory import make_backend
-
-            self._backend = make_backend(
-                self._project.settings.generation, store=self._store, prompts=self._prompts
-            )
-        return self._backend
-
-    def generate(self, batch: list[ChatMessages], params: SamplingParams) -> list[GenerationOutput]:
-        return self._loaded().generate(batch, params)
-
-    def __getattr__(self, name: str) -> object:
-        """Other attributes are the loaded backend's (e.g. the Ray backend's
-        ``answer_stream``; the runner looks only once it has prompts to answer)."""
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._loaded(), name)
-
-
 def answer_prompts(
     project: ProjectFolder,
     prompts: list[PromptRecord],
@@ -237,6 +294,7 @@ def answer_prompts(
 ) -> dict[str, GenerationReport]:
     """Ask the LLM the prompts not yet answered, per knowledge kind; one report per kind."""
     from kar.generation import KnowledgeStore, generate_knowledge
+    from kar.generation.lazy import LazyBackend
     from kar.records import KIND_ITEM, KIND_USER
 
     store = store or KnowledgeStore(project.knowledge_store_url)
@@ -244,54 +302,212 @@ def answer_prompts(
     prompts = [
         p for p in prompts if (p.scenario, p.entity_type, p.entity_id, p.kind) not in imported
     ]
-    backend = LazyBackend(project, store, prompts)
     gen = project.settings.generation
+    kinds = [kind for kind in (KIND_USER, KIND_ITEM) if any(p.kind == kind for p in prompts)]
+    params = {kind: sampling_params(project, kind, scenario) for kind in kinds}
+    backend = LazyBackend(gen, store, prompts, params=params, progress=progress)
     reports = {}
-    for kind in (KIND_USER, KIND_ITEM):
+    for kind in kinds:
         todo = [p for p in prompts if p.kind == kind]
         if todo:
             reports[kind] = generate_knowledge(
                 todo,
                 backend,
                 store,
-                sampling_params(project, kind, scenario),
+                params[kind],
                 batch_size=gen.batch_size,
                 max_retries=gen.max_retries,
                 truncated=gen.truncated,
                 progress=progress,
             )
+            if reports[kind].llm_calls:
+                record_rate(project, kind, backend.model_name, reports[kind])
     return reports
+
+
+def select_prompts(
+    project: ProjectFolder,
+    dataset: Dataset,
+    split: Split,
+    scenario: Scenario,
+    *,
+    limit: int | None = None,
+    sample: int | None = None,
+    kinds: set[str] | None = None,
+    seed: int = 0,
+    subset: Subset | None = None,
+) -> list[PromptRecord]:
+    """The project's prompts (collective modes applied), of ``kinds`` only when given;
+    ``sample``: a seeded random sample of that many entities per kind; ``limit``: then at
+    most that many prompts per kind, in build order; ``subset``: of those entities only
+    (and of their clusters, under collective modes: :func:`kar.collective.project.apply_modes`)."""
+    import random
+
+    from kar.collective.project import apply_modes
+
+    prompts = build_prompts(project, dataset, split, scenario, subset)
+    ids = (None, None) if subset is None else (subset.user_ids, subset.item_ids)
+    prompts = apply_modes(project, dataset, split, prompts, user_ids=ids[0], item_ids=ids[1])
+    if kinds is not None:
+        prompts = [p for p in prompts if p.kind in kinds]
+    present = sorted({p.kind for p in prompts})
+    if sample is not None:
+        chosen: set[tuple[str, str]] = set()
+        for kind in present:
+            ids = sorted({p.entity_id for p in prompts if p.kind == kind})
+            picked = random.Random(f"{seed}:{kind}").sample(ids, min(sample, len(ids)))
+            chosen.update((kind, entity) for entity in picked)
+        prompts = [p for p in prompts if (p.kind, p.entity_id) in chosen]
+    if limit is not None:
+        prompts = [p for k in present for p in [q for q in prompts if q.kind == k][:limit]]
+    return prompts
 
 
 def run_generate(
     project: ProjectFolder,
     *,
     limit: int | None = None,
+    sample: int | None = None,
     kinds: set[str] | None = None,
     progress: bool = True,
     data: tuple[Dataset, Split] | None = None,
     scenario: Scenario | None = None,
     store: KnowledgeStore | None = None,
+    subset: Subset | None = None,
 ) -> dict[str, GenerationReport]:
-    """Every user-preference and item-fact prompt of the project (at most ``limit`` per kind).
+    """Every user-preference and item-fact prompt of the project (``sample``: a seeded random
+    sample of that many entities per kind; ``limit``: at most that many prompts per kind).
 
     ``kinds`` keeps only those knowledge kinds (two processes can then share the kinds of
     one project: the store takes concurrent writers). ``data``, ``scenario``, ``store``:
     already loaded (:class:`kar.Project` loads them once); loaded here when None.
+    ``subset``: only those entities' prompts (``kar refresh``; not added to timings.json).
     """
-    with timed_stage(project, "generate"):
+    timer = timed_stage(project, "generate") if subset is None else nullcontext()
+    with timer:
         dataset, split = data or load_data(project)
         scenario = scenario or load_scenario(project)
-        prompts = build_prompts(project, dataset, split, scenario)
-        from kar.collective.project import apply_modes
-
-        prompts = apply_modes(project, dataset, split, prompts)  # collective knowledge, if set
-        if kinds is not None:
-            prompts = [p for p in prompts if p.kind in kinds]
-        if limit is not None:
-            present = {p.kind for p in prompts}
-            prompts = [p for k in present for p in [q for q in prompts if q.kind == k][:limit]]
+        prompts = select_prompts(
+            project, dataset, split, scenario, limit=limit, sample=sample, kinds=kinds,
+            seed=project.settings.training.seed, subset=subset,
+        )  # fmt: skip
         return answer_prompts(project, prompts, store=store, scenario=scenario, progress=progress)
+
+
+RATES_FILE = "generation_rates.json"
+# tokens/s per kind when this machine has not measured the configured model yet: the
+# quickstart's on a 2-core CPU (transformers, SmolLM2, batch 16; DESIGN.md), else a guess
+DEFAULT_RATES = {
+    "transformers": {"user_preference": 36.0, "item_fact": 73.0},
+    "vllm": {"user_preference": 150.0, "item_fact": 250.0},
+}
+DEFAULT_RATE = 300.0  # openai / ray: a server or a cluster
+
+
+class KindEstimate(NamedTuple):
+    """What ``kar generate`` would do for one knowledge kind, before the LLM loads."""
+
+    kind: str
+    prompts: int  # selected
+    pending: int  # not answered yet (nor imported)
+    tokens: int  # expected new tokens
+    tokens_per_s: float
+    measured: bool  # the rate was measured on this machine for this model
+
+    @property
+    def seconds(self) -> float:
+        return self.tokens / self.tokens_per_s if self.tokens_per_s else 0.0
+
+    def line(self) -> str:
+        source = "measured here" if self.measured else "a default, not measured here yet"
+        minutes = self.seconds / 60
+        return (
+            f"{self.kind}: {self.pending:,} of {self.prompts:,} prompts to answer, "
+            f"~{self.tokens:,} tokens at {self.tokens_per_s:.0f} tok/s ({source}): "
+            f"~{minutes:.1f} min"
+        )
+
+
+def _rates(project: ProjectFolder) -> dict[str, dict[str, object]]:
+    path = project.artifacts / RATES_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def record_rate(project: ProjectFolder, kind: str, model: str, report: GenerationReport) -> None:
+    """Keep a run's measured tokens/s and tokens per answer (``kar generate --estimate``)."""
+    answers = report.answered_ok + report.flagged
+    if not answers or report.seconds <= 0:
+        return
+    rates = _rates(project)
+    rates[kind] = {
+        "model": model,
+        "backend": engine_name(project.settings.generation, report.total - report.skipped_done),
+        "tokens_per_s": round(report.completion_tokens / report.seconds, 2),
+        "tokens_per_answer": round(report.completion_tokens / answers, 1),
+    }
+    project.artifacts.mkdir(parents=True, exist_ok=True)
+    (project.artifacts / RATES_FILE).write_text(json.dumps(rates, indent=2))
+
+
+def engine_name(gen: GenerationSettings, pending: int | None) -> str:
+    """The backend that runs ``pending`` prompts (what ``backend: auto`` picks)."""
+    from kar.generation.factory import choose_backend
+
+    return choose_backend(gen, pending).name
+
+
+def estimate_generation(
+    project: ProjectFolder,
+    *,
+    limit: int | None = None,
+    sample: int | None = None,
+    kinds: set[str] | None = None,
+    data: tuple[Dataset, Split] | None = None,
+    scenario: Scenario | None = None,
+    store: KnowledgeStore | None = None,
+) -> list[KindEstimate]:
+    """Per kind: prompts, those still to answer, expected tokens and time at this machine's
+    measured rate for the configured model (a per-backend default until one is measured);
+    the LLM is not loaded."""
+    from kar.generation import KnowledgeStore
+    from kar.generation.factory import backend_model_name
+
+    dataset, split = data or load_data(project)
+    scenario = scenario or load_scenario(project)
+    store = store or KnowledgeStore(project.knowledge_store_url)
+    prompts = select_prompts(
+        project, dataset, split, scenario, limit=limit, sample=sample, kinds=kinds,
+        seed=project.settings.training.seed,
+    )  # fmt: skip
+    imported = store.imported_keys()
+    gen = project.settings.generation
+    model = backend_model_name(gen)
+    rates = _rates(project)
+    kinds_found = sorted({p.kind for p in prompts}, reverse=True)  # user_preference first
+    pending, params = {}, {}
+    for kind in kinds_found:
+        todo = [p for p in prompts if p.kind == kind]
+        todo = [p for p in todo if (p.scenario, p.entity_type, p.entity_id, p.kind) not in imported]
+        params[kind] = sampling_params(project, kind, scenario)
+        pending[kind] = len(todo) - len(store.done_keys(todo, model, params[kind].key()))
+    engine = engine_name(gen, sum(pending.values()))
+    out = []
+    for kind in kinds_found:
+        measured = rates.get(kind, {})
+        known = measured.get("model") == model and measured.get("backend", engine) == engine
+        if known:
+            rate = float(measured["tokens_per_s"])  # type: ignore[arg-type]
+            per_answer = float(measured["tokens_per_answer"])  # type: ignore[arg-type]
+        else:
+            rate = DEFAULT_RATES.get(engine, {}).get(kind, DEFAULT_RATE)
+            per_answer = 0.8 * params[kind].max_new_tokens
+        count = len([p for p in prompts if p.kind == kind])
+        tokens = round(pending[kind] * per_answer)
+        out.append(KindEstimate(kind, count, pending[kind], tokens, rate, known))
+    return out
 
 
 def import_knowledge(
@@ -344,24 +560,75 @@ def make_encoder(project: ProjectFolder) -> TextEncoder:
     )
 
 
+def knowledge_rows(
+    project: ProjectFolder, store: KnowledgeStore | None = None, subset: Subset | None = None
+) -> pl.DataFrame:
+    """What the encoder sees, one row per entity: the store's latest answers (an imported
+    text before any LLM answer), members given their cluster's knowledge under collective
+    modes, with ``knowledge_source`` (:func:`kar.collective.project.member_knowledge`);
+    ``subset``: of those entities only."""
+    import polars as pl
+
+    from kar.collective.project import member_knowledge
+    from kar.generation import KnowledgeStore
+
+    store = store or KnowledgeStore(project.knowledge_store_url)
+    answers = store.answers(scenario=project.settings.scenario)
+    if answers.height == 0:
+        raise KarError("the knowledge store has no answers yet: run `kar generate` first")
+    rows = member_knowledge(project, answers)  # members get their cluster's knowledge
+    if subset is None:
+        return rows
+    kind, entity = pl.col("entity_type"), pl.col("entity_id")
+    return rows.filter(
+        ((kind == "user") & entity.is_in(list(subset.user_ids)))
+        | ((kind == "item") & entity.is_in(list(subset.item_ids)))
+    )
+
+
 def run_encode(
     project: ProjectFolder, *, progress: bool = True, store: KnowledgeStore | None = None
 ) -> EntityVectors:
     """Encode every answered prompt (history + reasoning for users, facts for items)."""
     from kar.encoding import encode_knowledge
-    from kar.generation import KnowledgeStore
 
     with timed_stage(project, "encode"):
-        store = store or KnowledgeStore(project.knowledge_store_url)
-        answers = store.answers(scenario=project.settings.scenario)
-        if answers.height == 0:
-            raise KarError("the knowledge store has no answers yet: run `kar generate` first")
-        from kar.collective.project import member_knowledge
-
-        answers = member_knowledge(project, answers)  # members get their cluster's knowledge
-        vectors = encode_knowledge(answers, make_encoder(project), progress=progress)
+        rows = knowledge_rows(project, store)
+        vectors = encode_knowledge(rows, make_encoder(project), progress=progress)
         vectors.save(project.encoded_dir)
     return vectors
+
+
+def knowledge_ids(
+    project: ProjectFolder, source: str = "encoded", store: KnowledgeStore | None = None
+) -> tuple[list[str], list[str]]:
+    """(user ids, item ids) with knowledge: answers in the knowledge store (``answers``),
+    encoded vectors (``encoded``) or adapted vectors, as published (``published``)."""
+    import polars as pl
+
+    if source == "answers":
+        from kar.generation import KnowledgeStore
+
+        store = store or KnowledgeStore(project.knowledge_store_url)
+        answers = store.answers(scenario=project.settings.scenario)
+        kind = {
+            t: answers.filter(pl.col("entity_type") == t)["entity_id"] for t in ("user", "item")
+        }
+        return kind["user"].to_list(), kind["item"].to_list()
+    if source == "encoded":
+        from kar.encoding import EntityVectors
+
+        if not project.encoded_dir.exists():
+            return [], []
+        vectors = EntityVectors.load(project.encoded_dir)
+        return vectors.users["entity_id"].to_list(), vectors.items["entity_id"].to_list()
+    if source == "published":
+        paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
+        users, items = (
+            pl.read_parquet(p)["entity_id"].to_list() if p.exists() else [] for p in paths
+        )
+        return users, items
+    raise ConfigError(f"coverage source {source!r}: expected answers, encoded or published")
 
 
 def ctr_features(
@@ -402,33 +669,20 @@ def run_train(
 ) -> TrainResult:
     """Train the adaptor jointly with a backbone; save it and export one vector per entity.
 
-    With ``training.warm_start`` the backbone is first trained without knowledge, and the
-    knowledge model starts from it (see :func:`kar.models.train.train_ctr`).
+    The configuration is the one ``kar evaluate`` chooses on validation (read from its run
+    log, else the same search, logged for it: :func:`kar.models.evaluation.choose_training_config`).
+    The backbone is first trained without knowledge: the knowledge model starts from it
+    (``training.warm_start``, or the start the evaluation chose) and its gate falls back to
+    it. The adaptor saved and exported is the one of the best *trained* epoch on
+    validation, never the untrained start; its metrics say whether knowledge beat no
+    knowledge (:mod:`kar.adaptor.verdict`).
     """
     from kar.encoding import EntityVectors
-    from kar.models.train import train_ctr
 
     with timed_stage(project, "train"):
         dataset, split = data or load_data(project)
         features = ctr_features(project, dataset, split, with_knowledge=True)
-        tr = project.settings.training
-        config = tr.backbone_config(tr.backbone)
-        init_state = None
-        if tr.warm_start:
-            plain = train_ctr(
-                features.without_knowledge(), tr.backbone, config, seed=tr.seed, progress=progress
-            )
-            init_state = plain.model.state_dict()
-        result = train_ctr(
-            features,
-            tr.backbone,
-            config,
-            adaptor_config=adaptor_config(project),
-            seed=tr.seed,
-            progress=progress,
-            init_state=init_state,
-            fallback_state=init_state,
-        )
+        result = train_published(project, features, progress=progress)
         vectors = EntityVectors.load(project.encoded_dir)
         trained = result.trained_adaptor(encoder=vectors.encoder_id)
         trained.save(project.adaptor_dir)
@@ -440,6 +694,62 @@ def run_train(
         project.knowledge_dir.mkdir(parents=True, exist_ok=True)
         users.write_parquet(project.knowledge_dir / "user_knowledge.parquet")
         items.write_parquet(project.knowledge_dir / "item_knowledge.parquet")
+    return result
+
+
+EVALUATE_RUNS = "evaluate_runs.jsonl"
+
+
+def _evaluation_kwargs(project: ProjectFolder) -> dict[str, Any]:
+    """What names an evaluation's logged runs (:func:`kar.models.evaluation.compare`'s
+    arguments), shared by ``kar evaluate`` and ``kar train`` (which reuses its choice)."""
+    from kar.models.registry import available_models
+
+    tr = project.settings.training
+    return {
+        "adaptor_config": adaptor_config(project),
+        "fingerprint": _data_fingerprint(project),
+        "knowledge_fingerprint": _encoded_fingerprint(project),
+        # every backbone's config (not only those evaluated), so processes that share
+        # the backbones of one evaluation share its run log
+        "model_configs": {b: tr.backbone_config(b) for b in available_models()},
+        "warm_start": tr.warm_start,
+    }
+
+
+def train_published(
+    project: ProjectFolder, features: CTRFeatures, *, progress: bool = True
+) -> TrainResult:
+    """The knowledge model whose adaptor ``kar train`` publishes (see :func:`run_train`)."""
+    from kar.models.harness import run_fingerprints
+    from kar.models.runlog import RunLog
+    from kar.models.train import train_ctr
+    from kar.models.tuning import choose_training_config, start_and_config
+
+    tr = project.settings.training
+    kwargs = _evaluation_kwargs(project)
+    fingerprints = run_fingerprints(
+        kwargs["fingerprint"], kwargs["knowledge_fingerprint"], kwargs["adaptor_config"],
+        tune=True, model_configs=kwargs["model_configs"], warm_start=tr.warm_start,
+    )  # fmt: skip
+    base = tr.backbone_config(tr.backbone)
+    choice = choose_training_config(
+        features, tr.backbone, base, RunLog(project.reports_dir / EVALUATE_RUNS, fingerprints),
+        search_seed=tr.eval_seeds[0] if tr.eval_seeds else tr.seed, seed=tr.seed,
+        cold_threshold=tr.cold_threshold, progress=progress,
+    )  # fmt: skip
+    none_state = choice.none_state
+    if none_state is None:
+        plain = features.without_knowledge()
+        config = {**base, **choice.point}
+        none_state = train_ctr(plain, tr.backbone, config, seed=tr.seed, progress=progress)
+        none_state = none_state.model.state_dict()
+    config, warm = start_and_config(choice.knowledge_point, tr.warm_start)
+    result = train_ctr(
+        features, tr.backbone, {**base, **config}, kwargs["adaptor_config"], seed=tr.seed,
+        progress=progress, init_state=none_state if warm else None, fallback_state=none_state,
+    )  # fmt: skip
+    result.tuning = {"config": choice.knowledge_point, "source": choice.source}
     return result
 
 
@@ -460,7 +770,9 @@ def _with_timestamps(
 def knowledge_lineage(
     project: ProjectFolder, store: KnowledgeStore | None = None
 ) -> dict[str, str]:
-    """What produced the published vectors: prompt version, LLM, encoder, adaptor run."""
+    """What produced the published vectors: prompt version, LLM, encoder, adaptor run, and
+    whether knowledge beat no knowledge on validation when the adaptor was trained (the
+    gate's verdict, the AUCs, the bootstrap probability: :func:`adaptor_gain`)."""
     from kar.generation import KnowledgeStore
     from kar.records import stable_hash
 
@@ -473,7 +785,22 @@ def knowledge_lineage(
         "encoder": str(adaptor.get("encoder")),
         "adaptor": f"{adaptor['adaptor']['type']}-{adaptor['backbone']}-seed{adaptor['seed']}"
         f"@{stable_hash(adaptor, length=8)}",
+        **adaptor_gain(project),
     }
+
+
+def adaptor_gain(project: ProjectFolder) -> dict[str, str]:
+    """The trained adaptor's verdict as lineage strings (:mod:`kar.adaptor.verdict`;
+    ``unknown`` values for an adaptor trained before kar recorded them)."""
+    from kar.adaptor.trained import METRICS_FILE
+    from kar.adaptor.verdict import gain_lineage
+
+    path = project.adaptor_dir / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        metrics = {}
+    return gain_lineage(metrics if isinstance(metrics, dict) else {})
 
 
 def run_publish(
@@ -481,8 +808,13 @@ def run_publish(
     *,
     data: tuple[Dataset, Split] | None = None,
     store: KnowledgeStore | None = None,
+    require_gain: bool = False,
 ) -> PublishReport:
     """Publish the adapted vectors to Feast: offline Parquet partition, apply, materialise.
+
+    The lineage (the views' ``kar.*`` tags and ``report.lineage``) says whether knowledge
+    beat no knowledge on validation when the adaptor was trained; ``require_gain``: refuse
+    (:class:`KarError`, nothing written) when it did not.
 
     With ``features.codebook_size`` > 0, a k-means codebook per kind is fitted on the adapted
     vectors (reused while they are unchanged), saved beside them for ``kar refresh``, and
@@ -501,10 +833,17 @@ def run_publish(
         paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
         if not all(p.exists() for p in paths):
             raise KarError("no adapted vectors yet: run `kar train` first")
+        if require_gain:
+            from kar.adaptor.verdict import knowledge_won, verdict_line
+
+            gain = adaptor_gain(project)
+            if not knowledge_won(gain):
+                raise KarError(f"{verdict_line(gain)}. --require-gain: nothing published")
         _, split = data or load_data(project)
         adapted = pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
         users, items = _with_timestamps(project, split, *adapted)
-        dim = len(users["vector"][0])
+        # one kind may have no knowledge at all: it is published as nothing (read: missing)
+        dim = next((len(f["vector"][0]) for f in adapted if f.height), 0)
         repo_dim = int(read_settings(project.feature_repo)["vector_dim"])
         if dim != repo_dim:
             raise KarError(
@@ -523,6 +862,13 @@ def run_publish(
 
                 logging.getLogger(__name__).warning("%s; publishing without codes", exc)
                 size = 0
+        if size and not all(f.height for f in adapted):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "knowledge codes need vectors of both kinds; publishing without codes"
+            )
+            size = 0
         if size:
             seed = project.settings.training.seed
             codebooks = KnowledgeCodebooks.fit_or_load(codebook_path, *adapted, size, seed)
@@ -531,6 +877,9 @@ def run_publish(
             codebook_path.unlink(missing_ok=True)  # refresh assigns no codes either
             lineage["codebook"] = "none"
         sync_batch_engine(project.feature_repo, project.settings.features)  # kar.yaml's engine
+        from kar.features.repo import sync_project_stores
+
+        sync_project_stores(project.feature_repo, project.settings.features)  # and its stores
         report = publish(project.feature_repo, users, items, lineage=lineage, codebooks=codebooks)
     return report
 
@@ -581,8 +930,8 @@ def run_evaluate(
 
     ``training.tune``: each backbone's configuration is first chosen on validation AUC.
     """
-    from kar.models.evaluation import compare, summarize, write_report
-    from kar.models.registry import available_models
+    from kar.models.harness import compare
+    from kar.models.report import summarize, write_report
 
     with timed_stage(project, "evaluate"):
         dataset, split = data or load_data(project)
@@ -592,17 +941,11 @@ def run_evaluate(
             features,
             backbones=tuple(tr.eval_backbones),
             seeds=tuple(seeds or tr.eval_seeds),
-            adaptor_config=adaptor_config(project),
             progress=progress,
             tune=tr.tune,
-            runs_file=project.reports_dir / "evaluate_runs.jsonl",
-            fingerprint=_data_fingerprint(project),
-            knowledge_fingerprint=_encoded_fingerprint(project),
-            # every backbone's config (not only those evaluated), so processes that share
-            # the backbones of one evaluation share its run log
-            model_configs={b: tr.backbone_config(b) for b in available_models()},
-            warm_start=tr.warm_start,
+            runs_file=project.reports_dir / EVALUATE_RUNS,
             cold_threshold=tr.cold_threshold,
+            **_evaluation_kwargs(project),
         )
         md, png = write_report(
             results,

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kar.embedding.config import EmbeddingSettings, merge_legacy_file
 from kar.errors import ConfigError
+from kar.plugins import BACKBONES, BACKENDS, DATASET_KINDS
 
 CONFIG_FILE = "kar.yaml"
 
@@ -23,40 +25,109 @@ class _Section(BaseModel):
 
 
 class DatasetSettings(_Section):
-    kind: Literal["demo", "movielens", "table"] = "demo"
-    path: str = "data"  # folder (demo, movielens) or interactions file (table)
-    variant: str | None = None  # movielens: ml-100k | ml-1m | ml-latest-small (auto when None)
-    label_threshold: float = 4.0
-    items: str | None = None  # table: items file
-    users: str | None = None  # table: users file
-    mapping: dict[str, str] = Field(default_factory=dict)  # table: our column -> theirs
-    # items columns of free text quoted into the item-fact prompt (overrides the scenario's
-    # item_text_columns; each must be in the items table); None: the scenario's
-    item_text_columns: list[str] | None = None
+    """Where the interactions, items and users come from, and how to read them
+    (docs/data.md); ``kar init DIR --interactions FILE`` writes this section for you."""
+
+    kind: str = Field(
+        "demo",
+        description="demo: the synthetic demo; movielens: a MovieLens folder; table: your own "
+        "CSV / TSV / Parquet files; or your loader `(project) -> Dataset` by its dotted path "
+        f"(kar.plugins.DATASET_KINDS: {DATASET_KINDS.describe()})",
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        return DATASET_KINDS.check(kind)
+    path: str = Field(
+        "data",
+        description="demo, movielens: the folder; table: the interactions file (relative "
+        "paths are read from the project folder)",
+    )
+    variant: str | None = Field(
+        None, description="movielens: ml-100k | ml-1m | ml-latest-small (None: detected)"
+    )
+    label_threshold: float | None = Field(
+        None,
+        description="label = rating >= this; None: 4.0 for movielens, and for table the "
+        "label column when the file has one, else rating >= 4.0",
+    )
+    label_column: str | None = Field(
+        None, description="table: your column of 0/1 labels (instead of rating >= threshold)"
+    )
+    items: str | None = Field(None, description="table: the items file (None: ids only)")
+    users: str | None = Field(None, description="table: the users file (None: ids only)")
+    mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="table: kar's column -> yours, for user_id, item_id, timestamp, rating, "
+        "label, title, year, genres, creator (absent: kar's own name)",
+    )
+    timestamp_unit: Literal["s", "ms", "us", "ns"] | None = Field(
+        None,
+        description="table: the unit of epoch-number timestamps; None: detected by magnitude "
+        "(s / ms / us / ns)",
+    )
+    timestamp_format: str | None = Field(
+        None,
+        description="table: strptime format of timestamp strings, e.g. '%d/%m/%Y %H:%M'; "
+        "None: ISO 8601 (times without an offset are UTC)",
+    )
+    genre_separator: str = Field("|", description="table: separator inside the genres column")
+    item_attributes: list[str] | None = Field(
+        None,
+        description="table: items columns kept as attributes (None: every column not mapped)",
+    )
+    user_attributes: list[str] | None = Field(
+        None,
+        description="table: users columns kept as attributes (None: every column not mapped)",
+    )
+    item_text_columns: list[str] | None = Field(
+        None,
+        description="items columns of free text quoted into the item-fact prompt (overrides "
+        "the scenario's item_text_columns; each must be in the items table); None: the "
+        "scenario's",
+    )
+    plugin: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings of a dataset kind named by its dotted path (its loader reads "
+        "them from project.settings.dataset.plugin)",
+    )
 
 
 class SplitSettings(_Section):
-    history_cap: int = 20
-    history_fraction: float = 0.5
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
+    """KAR's time split (docs/data.md): each user's earliest interactions feed the user
+    prompt, the rest is cut by global time into train / valid / test."""
+
+    history_cap: int = Field(20, ge=0)  # most history rows per user (the prompt's)
+    history_fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of a user's rows to history
+    valid_fraction: float = Field(0.1, ge=0.0, le=1.0)  # latest CTR rows before test
+    test_fraction: float = Field(0.1, ge=0.0, le=1.0)  # latest CTR rows, read once
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> SplitSettings:
+        if self.valid_fraction + self.test_fraction > 1.0:
+            raise ValueError(
+                f"valid_fraction + test_fraction must be <= 1, got "
+                f"{self.valid_fraction:g} + {self.test_fraction:g}"
+            )
+        return self
 
 
 class CollectiveSettings(_Section):
     """REKI-style collective knowledge (kar.collective): the mode per feature and the clustering."""
 
-    user: Literal["individual", "collective", "both"] = "individual"
-    item: Literal["individual", "collective", "both"] = "individual"
-    svd_components: int = Field(32, ge=1)
-    user_clusters: int = Field(50, ge=1)
-    item_clusters: int = Field(50, ge=1)
-    seed: int = 0
+    user: Literal["individual", "collective", "both"] = "individual"  # user knowledge
+    item: Literal["individual", "collective", "both"] = "individual"  # item knowledge
+    svd_components: int = Field(32, ge=1)  # interaction-matrix SVD size for clustering
+    user_clusters: int = Field(50, ge=1)  # k-means clusters of users
+    item_clusters: int = Field(50, ge=1)  # k-means clusters of items
+    seed: int = 0  # clustering seed
 
 
 class SpeculativeSettings(_Section):
     """Speculative decoding from the knowledge pool (transformers backend, greedy only)."""
 
-    mode: Literal["off", "exact", "relaxed"] = "off"
+    mode: Literal["off", "exact", "relaxed"] = "off"  # exact: the same answers as greedy
     draft_tokens: int = Field(5, ge=1)  # most draft tokens checked per step (tree nodes)
     # several pool continuations per step, checked in one pass (false: one draft, a chain)
     draft_tree: bool = True
@@ -81,12 +152,12 @@ class VLLMSettings(_Section):
 class OpenAISettings(_Section):
     """An OpenAI-compatible chat completions server (``vllm serve``, hosted APIs)."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str = "http://127.0.0.1:8000/v1"  # the server's OpenAI API root
     model: str | None = None  # the server's model name (required)
     api_key_env: str | None = "OPENAI_API_KEY"  # the key is read from this variable only
-    max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    max_concurrency: int = Field(8, ge=1)  # requests in flight
+    timeout_s: float = Field(120.0, gt=0)  # per request
+    max_retries: int = Field(4, ge=0)  # per request, on timeouts and 5xx
     vllm_extras: bool = True  # send top_k / repetition_penalty (vLLM's extensions)
 
 
@@ -101,17 +172,28 @@ class RaySettings(_Section):
 
 
 class GenerationSettings(_Section):
-    backend: Literal["transformers", "vllm", "openai", "ray"] = "transformers"
+    """The LLM that answers the questions (docs/generation.md)."""
+
+    backend: str = Field(
+        "auto",
+        description="the LLM runtime: auto (vLLM when it imports and at least auto_min_prompts "
+        "prompts are still unanswered, else transformers; transformers whenever "
+        "speculative.mode is not off), a registered backend, or your class with "
+        f"`from_settings(gen)` by its dotted path (kar.plugins.BACKENDS: {BACKENDS.describe()})",
+    )
+    # auto: fewer unanswered prompts than this run on transformers (vLLM's engine start,
+    # ~20-90 s on a small CPU, would cost more than it saves)
+    auto_min_prompts: int = Field(64, ge=0)
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; or a local HF folder
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    batch_size: int = 16
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"  # weights and activations
+    batch_size: int = 16  # prompts per LLM call (and per knowledge-store write)
     max_new_tokens_user: int | None = None  # None: the scenario's limit
-    max_new_tokens_item: int | None = None
-    temperature: float = 0.0
-    repetition_penalty: float = 1.2
-    max_retries: int = 1
+    max_new_tokens_item: int | None = None  # None: the scenario's limit
+    temperature: float = 0.0  # 0: greedy
+    repetition_penalty: float = 1.2  # 1.2 stops small models' loops
+    max_retries: int = 1  # new tries of a bad answer (empty, degenerate, refusal)
     truncated: Literal["trim", "retry", "accept"] = "trim"  # answers that hit the token limit
-    threads: int = 1
+    threads: int = 1  # torch threads (1 is fastest on small CPUs)
     # transformers backend on a CPU: oneDNN-prepacked linear weights and copy-free
     # grouped-query attention (kar.generation.cpu_kernels); false: PyTorch's defaults
     cpu_kernels: bool = True
@@ -120,27 +202,48 @@ class GenerationSettings(_Section):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    # settings of a backend named by its dotted path (its from_settings reads them); the
+    # built-in backends keep their own sections above, which `auto` and `ray` share
+    plugin: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, backend: str) -> str:
+        return BACKENDS.check(backend)
 
 
 class EncodingSettings(_Section):
+    """The text encoder that turns answers into vectors (docs/encoding.md)."""
+
     model: str | None = None  # None: the bundled all-MiniLM-L6-v2
-    pooling: Literal["mean", "cls", "last"] = "mean"
-    max_length: int = 256
-    batch_size: int = 64
+    # token vectors -> one vector (token: read at an appended [ITEM] token, docs/embedding.md)
+    pooling: Literal["mean", "cls", "last", "token"] = "mean"
+    max_length: int = 256  # tokens per text (longer texts are truncated)
+    batch_size: int = 64  # texts per encoder call
 
 
 class TrainingSettings(_Section):
+    """The adaptor, trained with a backbone CTR model, and the evaluation (docs/models.md)."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     adaptor: str = "hea"  # experts/<name>.yaml or a path
-    backbone: str = "deepfm"  # backbone the published adaptor is trained with
-    seed: int = 0
+    backbone: str = Field(
+        "deepfm",
+        description="backbone the published adaptor is trained with: a registered one (`kar "
+        "models list`) or your CTRModel subclass by its dotted path (kar.plugins.BACKBONES: "
+        f"{BACKBONES.describe()})",
+    )
+    seed: int = 0  # seed of the published adaptor's training
+    # evaluate's backbones (names or dotted paths, as backbone)
     eval_backbones: list[str] = Field(default_factory=lambda: ["deepfm", "din"])
-    eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    history_len: int = 20
-    # evaluate: pick each backbone's config from a small grid by validation AUC (first
-    # seed, no knowledge), then run every arm and seed with it (evaluation.TUNING_GRID)
-    tune: bool = False
+    eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])  # evaluate's seeds
+    history_len: int = 20  # behaviour-sequence length of the CTR models
+    # evaluate and train: pick each backbone's config from a small grid by validation AUC
+    # (first seed, no knowledge), then each knowledge arm's start and knowledge learning rate
+    # (tuning.TUNING_GRID, KNOWLEDGE_GRID); on by default: untuned, informative knowledge
+    # kept little of its signal (issue 31: DeepFM +0.11% untuned, +0.93% tuned)
+    tune: bool = True
     # backbone settings, FuxiCTR style: {"default": {...}, "deepfm": {...}, ...}; each
     # backbone gets "default" overlaid with its own entry (fields of kar.models.config)
     # (``model_config`` in kar.yaml; the attribute is named otherwise, pydantic owns the name)
@@ -151,6 +254,16 @@ class TrainingSettings(_Section):
     # evaluate's cold-start slices: test rows whose item / user had fewer interactions
     cold_threshold: int = Field(5, ge=1)
 
+    @field_validator("backbone")
+    @classmethod
+    def _registered_backbone(cls, backbone: str) -> str:
+        return BACKBONES.check(backbone)
+
+    @field_validator("eval_backbones")
+    @classmethod
+    def _registered_eval_backbones(cls, backbones: list[str]) -> list[str]:
+        return [BACKBONES.check(b) for b in backbones]
+
     def backbone_config(self, backbone: str) -> dict[str, Any]:
         """The model config of ``backbone``: ``model_config.default`` + its own entry."""
         configs = self.backbone_configs
@@ -158,8 +271,10 @@ class TrainingSettings(_Section):
 
 
 class FeatureSettings(_Section):
-    repo: str = "feature_repo"
-    project: str = "kar_demo"
+    """The Feast feature repository the vectors are published to (docs/features.md)."""
+
+    repo: str = "feature_repo"  # the Feast repo folder, in the project
+    project: str = "kar_demo"  # Feast project name (letters, digits, underscores)
     # Feast stores (written into feature_store.yaml at init; ${VAR} is read from the
     # environment): None = SQLite file; e.g. {type: redis, connection_string: "${KAR_REDIS}"}
     online_store: dict[str, Any] | None = None
@@ -176,15 +291,28 @@ class FeatureSettings(_Section):
 
 
 class ProjectSettings(_Section):
-    name: str = "kar-demo"
-    scenario: str = "demo"
+    """kar.yaml."""
+
+    name: str = "kar-demo"  # the project's name (reports, RecBole export file names)
+    scenario: str = "demo"  # prompts/<scenario>.yaml: the questions and factors
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     split: SplitSettings = Field(default_factory=SplitSettings)
-    knowledge_store: str = "sqlite:///artifacts/knowledge.db"
+    knowledge_store: str = "sqlite:///artifacts/knowledge.db"  # or a bare path, postgresql+...
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     encoding: EncodingSettings = Field(default_factory=EncodingSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+
+    @field_validator("knowledge_store")
+    @classmethod
+    def _supported_store_url(cls, url: str) -> str:
+        from kar.generation.store import store_url_problem
+
+        problem = store_url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
 
 class ProjectFolder:
@@ -205,6 +333,8 @@ class ProjectFolder:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         try:
+            if isinstance(raw, dict):  # a deprecated embedding.yaml beside it: read once
+                raw = merge_legacy_file(root, raw)
             return cls(root, ProjectSettings.model_validate(raw))
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -228,15 +358,28 @@ class ProjectFolder:
 
     @property
     def knowledge_store_url(self) -> str:
-        """The store URL (``${VAR}`` read from the environment, e.g. a PostgreSQL password);
-        a relative SQLite path is resolved against the project folder."""
+        """The store URL (``${VAR}`` read from the environment, e.g. a PostgreSQL password).
+
+        A SQLite file (``sqlite:///rel/k.db`` or a bare ``rel/k.db``) is resolved against the
+        project folder, whatever the current directory. Its missing parent folder is created
+        only inside the project; elsewhere it is a :class:`ConfigError`.
+        """
         url = os.path.expandvars(self.settings.knowledge_store)
         prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/"):
-            target = self.root / url[len(prefix) :]
+        if "://" in url and not url.startswith(prefix):
+            return url
+        file, mark, query = url.removeprefix(prefix).partition("?")
+        if file in ("", ":memory:"):
+            return url
+        target = self.path(file)
+        if target.resolve().is_relative_to(self.root):
             target.parent.mkdir(parents=True, exist_ok=True)
-            return prefix + str(target)
-        return url
+        elif not target.parent.is_dir():
+            raise ConfigError(
+                f"{self.root / CONFIG_FILE}: field 'knowledge_store': folder {target.parent} "
+                "does not exist; create it, or use a path inside the project"
+            )
+        return prefix + str(target) + mark + query
 
     @property
     def encoded_dir(self) -> Path:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from kar.models.evaluation import RunLog
+from kar.models.runlog import RunLog
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "relaxed_auc.py"
 

@@ -56,4 +56,4 @@ def test_generate_backend_override_is_checked(tmp_path) -> None:
     keyless = runner.invoke(app, ["generate", "-p", str(target), "--backend", "openai"])
     assert keyless.exit_code == 1 and "generation.openai.model" in keyless.output
     # the override is for this run only: kar.yaml still names the default backend
-    assert "backend: transformers" in (target / "kar.yaml").read_text()
+    assert "backend: auto" in (target / "kar.yaml").read_text()

@@ -29,7 +29,24 @@ def _pgvector_or_skip() -> None:
         pytest.skip("pgvector is not installed on the PostgreSQL server; .ci/run installs it")
 
 
+def _set_embedding(target: Path, section: dict) -> None:
+    """Write ``section`` as kar.yaml's ``embedding:`` section."""
+    config = yaml.safe_load((target / "kar.yaml").read_text())
+    config["embedding"] = section
+    (target / "kar.yaml").write_text(yaml.safe_dump(config))
+
+
 def test_bad_embedding_setting_names_the_field(tmp_path: Path) -> None:
+    target = tmp_path / "proj"
+    assert runner.invoke(app, ["init", str(target), "--users", "5"]).exit_code == 0
+    _set_embedding(target, {"tune": {"method": "lora"}})
+    result = runner.invoke(app, ["embed", "-p", str(target), "--no-publish"])
+    text = result.output.replace("\n", "")  # rich wraps long lines
+    assert result.exit_code == 1
+    assert "kar.yaml: field 'embedding.tune.method'" in text and "'mlp'" in text
+
+
+def test_bad_setting_in_a_legacy_embedding_yaml_names_the_field(tmp_path: Path) -> None:
     target = tmp_path / "proj"
     assert runner.invoke(app, ["init", str(target), "--users", "5"]).exit_code == 0
     (target / "embedding.yaml").write_text("tune: {method: lora}\n")
@@ -49,7 +66,7 @@ def test_embed_tune_users_and_similar_through_feast(tmp_path: Path) -> None:
         "tower": {"epochs": 2, "d_model": 32, "heads": 2},
         "feast": {"project": f"kar_emb_cli_{uuid.uuid4().hex[:8]}"},
     }
-    (target / "embedding.yaml").write_text(yaml.safe_dump(settings))
+    _set_embedding(target, settings)
     try:
         out = runner.invoke(app, ["embed", "-p", str(target)])
         assert out.exit_code == 0, out.output
@@ -71,10 +88,10 @@ def test_embed_tune_users_and_similar_through_feast(tmp_path: Path) -> None:
         missing = runner.invoke(app, ["features", "similar", "no-such-item", "-p", str(target)])
         assert missing.exit_code == 1 and "no embedding" in missing.output.replace("\n", "")
     finally:
-        from kar.embedding.feast_repo import open_store
+        from kar.features.repo import feature_store
 
         try:
-            store = open_store(target / "embedding_repo")
+            store = feature_store(target / "embedding_repo")
             store.provider.teardown_infra(store.project, store.list_feature_views(), [])
         except Exception as exc:  # noqa: BLE001 - cleanup only
             print(f"teardown failed: {exc}")

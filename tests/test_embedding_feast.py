@@ -19,12 +19,12 @@ from kar.embedding.feast_repo import (
     USER_VIEW,
     init_embedding_repo,
     nearest_items,
-    open_store,
     publish_embeddings,
     recommend_items,
     similar_items,
 )
 from kar.errors import DataValidationError, FeatureStoreError
+from kar.features.repo import feature_store
 
 DIM = 16
 
@@ -49,7 +49,7 @@ def pgvector_store() -> dict:
 
 def _teardown(repo: Path) -> None:
     try:
-        store = open_store(repo)
+        store = feature_store(repo)
         store.provider.teardown_infra(store.project, store.list_feature_views(), [])
     except Exception as exc:  # noqa: BLE001 - cleanup must not hide the test's own failure
         print(f"teardown of {repo} failed: {exc}")
@@ -88,7 +88,7 @@ def test_vector_search_returns_the_planted_nearest_item_first(
         assert recommend_items(repo, "u1", k=3)[0].entity_id == "m33"
         with pytest.raises(FeatureStoreError, match="no embedding"):
             similar_items(repo, "never-published", k=3)
-        store = open_store(repo)
+        store = feature_store(repo)
         fields = {f.name: f for f in store.get_feature_view(ITEM_VIEW).features}
         assert fields[ITEM_VIEW].vector_index and fields[ITEM_VIEW].vector_length == DIM
         assert store.get_feature_view(USER_VIEW).features[0].vector_index

@@ -11,9 +11,11 @@ import pytest
 from kar.data.schema import INTERACTION_SCHEMA
 from kar.models.baseline import fit_rate_baseline
 from kar.models.counters import rates_before
-from kar.models.evaluation import cold_slices, compare, headline_line, summarize, write_report
+from kar.models.harness import compare
 from kar.models.inputs import CTRFeatures
 from kar.models.metrics import auc
+from kar.models.report import headline_line, summarize, write_report
+from kar.models.runlog import cold_slices
 
 
 def events(rows: list[tuple[str, str, int, int]]) -> pl.DataFrame:
@@ -80,8 +82,10 @@ def test_compare_summarize_and_report(features, tmp_path):
     deepfm = results.filter(pl.col("backbone") == "deepfm")
     assert sorted(deepfm["arm"].to_list()) == sorted(2 * ["none", "knowledge", "shuffled"])
     summary = summarize(results)
-    assert summary["backbone"].to_list() == ["baseline_lr", "deepfm", "deepfm", "deepfm"]
-    assert summary["arm"].to_list() == ["none", "none", "knowledge", "shuffled"]
+    assert summary["backbone"].to_list() == ["baseline_lr"] + 5 * ["deepfm"]
+    assert summary["arm"].to_list() == [
+        "none", "none", "knowledge", "shuffled", "knowledge (ungated)", "shuffled (ungated)"
+    ]  # fmt: skip
 
     def auc_of(arm: str) -> pl.Series:
         return deepfm.filter(pl.col("arm") == arm)["test_auc"]
@@ -97,15 +101,36 @@ def test_compare_summarize_and_report(features, tmp_path):
     shuffled = summary.filter(pl.col("arm") == "shuffled").row(0, named=True)
     assert shuffled["gain_vs_shuffled"] is None and shuffled["lift_counts"] is None
     assert row["gate_open_seeds"] == deepfm.filter(pl.col("arm") == "knowledge")["gate_open"].sum()
+
+    # the ungated rows: the same runs' best trained epoch, before the gate
+    def ungated_of(arm: str) -> pl.Series:
+        return deepfm.filter(pl.col("arm") == arm)["ungated_test_auc"]
+
+    ungated = summary.filter(pl.col("arm") == "knowledge (ungated)").row(0, named=True)
+    assert ungated["auc_mean"] == pytest.approx(ungated_of("knowledge").mean())
+    assert ungated["n_seeds"] == 2 and ungated["gate_open_seeds"] == 0
+    info = ungated_of("knowledge").mean() / ungated_of("shuffled").mean() - 1
+    assert ungated["gain_vs_shuffled"] == pytest.approx(info)
+    assert row["info_gain"] == pytest.approx(info)  # the info column of the knowledge row
+    spread = max(ungated_of("knowledge").std(), ungated_of("shuffled").std())
+    gap = ungated_of("knowledge").mean() - ungated_of("shuffled").mean()
+    assert row["info_counts"] == (gap > spread)
+    shuffled_ungated = summary.filter(pl.col("arm") == "shuffled (ungated)").row(0, named=True)
+    assert shuffled_ungated["gain_vs_none"] == pytest.approx(
+        ungated_of("shuffled").mean() / auc_of("none").mean() - 1
+    )
     md, png = write_report(results, tmp_path / "report", "Synthetic lift", "kar eval --demo")
     text = md.read_text()
     assert "| backbone | arm | AUC mean ± std | LogLoss mean ± std | n seeds | vs none" in text
     assert "kar eval --demo" in text and "| deepfm | knowledge |" in text
     assert "| deepfm | shuffled |" in text and "baseline_lr" in text
+    assert "| deepfm | knowledge (ungated) |" in text and "| deepfm | shuffled (ungated) |" in text
+    assert "| info (ungated) |" in text and "best trained epoch" in text
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "report" / "results.csv").is_file()
     line = headline_line(summary)
     assert line.startswith("backbones_above_baseline: ") and "/1 info_gain_mean: " in line
+    assert f"ungated_info_gain_mean: {100 * info:.2f}%" in line
 
 
 def test_cold_slices_count_history_and_train_interactions(features):
@@ -197,3 +222,56 @@ def test_useless_knowledge_costs_nothing_with_a_warm_start(features):
     assert shuffled["valid_auc"] >= none["valid_auc"]  # epoch 0 is the none model itself
     if shuffled["best_epoch"] == 0:
         assert shuffled["test_auc"] == pytest.approx(none["test_auc"], abs=1e-6)
+
+
+def test_ungated_rows_keep_the_control_visible_when_the_gate_closes(features):
+    """A gate that must win every bootstrap resample closes on the shuffled control: the gated
+    arm is then the model without knowledge (+0.00%), the ungated arm the trained model."""
+    config = {**CONFIG, "knowledge_gate": 1.0}
+    results = compare(features, ("deepfm",), (0, 1), model_config=config, progress=False,
+                      arms=("none", "shuffled"))  # fmt: skip
+    deepfm = results.filter(pl.col("backbone") == "deepfm")
+    none = deepfm.filter(pl.col("arm") == "none").sort("seed")
+    shuffled = deepfm.filter(pl.col("arm") == "shuffled").sort("seed")
+    assert shuffled["gate_open"].to_list() == [False, False]
+    np.testing.assert_allclose(shuffled["test_auc"], none["test_auc"], atol=1e-6)
+    # the trained models predict otherwise (their AUC may tie on a small test split)
+    assert (shuffled["ungated_test_logloss"] - shuffled["test_logloss"]).abs().min() > 1e-6
+    summary = summarize(results)
+    by_arm = {r["arm"]: r for r in summary.filter(pl.col("backbone") == "deepfm").iter_rows(
+        named=True)}  # fmt: skip
+    assert by_arm["shuffled"]["gain_vs_none"] == pytest.approx(0.0, abs=1e-6)
+    ungated = by_arm["shuffled (ungated)"]
+    assert ungated["auc_mean"] == pytest.approx(shuffled["ungated_test_auc"].mean())
+    assert ungated["gain_vs_none"] != pytest.approx(0.0, abs=1e-6)
+    assert ungated["auc_mean"] != pytest.approx(by_arm["shuffled"]["auc_mean"], abs=1e-6)
+    assert ungated["logloss_mean"] != pytest.approx(by_arm["shuffled"]["logloss_mean"], abs=1e-6)
+
+
+def test_runs_logged_without_ungated_metrics_are_marked_missing(features, tmp_path, monkeypatch):
+    import json
+
+    runs = tmp_path / "runs.jsonl"
+    common = {"model_config": {**CONFIG, "max_epochs": 1}, "progress": False, "runs_file": runs}
+    compare(features, ("deepfm",), (0,), **common, fingerprint="data")
+    old = [json.loads(line) for line in runs.read_text().splitlines()]
+    ungated = ("ungated_test_auc", "ungated_test_logloss", "ungated_valid_auc")
+    assert all(row["ungated_test_auc"] is not None for row in old if row["arm"] != "none")
+    # the log as an older kar wrote it: no ungated metrics
+    runs.write_text("".join(json.dumps({k: v for k, v in row.items() if k not in ungated}) + "\n"
+                            for row in old))  # fmt: skip
+    import kar.models.train as train
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a logged run was trained again")
+
+    monkeypatch.setattr(train, "train_ctr", must_not_train)
+    again = compare(features, ("deepfm",), (0,), **common, fingerprint="data")
+    assert again.filter(pl.col("arm") != "none")["ungated_test_auc"].null_count() == 2
+    md, _ = write_report(again, tmp_path / "report", "Old log", "kar evaluate")
+    text = md.read_text()
+    assert "| deepfm | knowledge (ungated) | – (not logged) |" in text
+    assert "| deepfm | knowledge | " in text
+    # a results frame from before the ungated columns existed summarises as well
+    older = again.drop(*ungated)
+    assert summarize(older).filter(pl.col("arm") == "shuffled (ungated)")["auc_mean"][0] is None

@@ -73,8 +73,8 @@ def test_missing_project_and_bad_override_are_clear_errors(tmp_path) -> None:
         project.generate(backend="tgi", progress=False)
     with pytest.raises(ConfigError, match="generation.openai.model"):
         project.generate(backend="openai", progress=False)
-    assert project.settings.generation.backend == "transformers"  # for that call only
-    assert "backend: transformers" in (project.root / "kar.yaml").read_text()
+    assert project.settings.generation.backend == "auto"  # for that call only
+    assert "backend: auto" in (project.root / "kar.yaml").read_text()
 
 
 def test_stages_out_of_order_say_what_to_run(tmp_path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from kar.generation.speculative import DraftTree, NgramIndex, PoolRoute, SpeculativeConfig
-from kar.generation.speculative.backend import (
+from kar.generation.speculative.decode import (
     accept_path,
     compact_step_cache,
     tree_attention_mask,

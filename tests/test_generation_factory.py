@@ -86,28 +86,27 @@ def test_cpu_kernels_setting_reaches_the_backend() -> None:
 
     from kar.generation.transformers_backend import TransformersBackend
 
-    backend = make_backend(settings(cpu_kernels=False))
+    backend = make_backend(settings(backend="transformers", cpu_kernels=False))
     assert isinstance(backend, TransformersBackend) and not backend.cpu_kernels
     assert any(isinstance(m, torch.nn.Linear) for m in backend.model.modules())
     assert backend.model.config._attn_implementation == "sdpa"
 
 
 def test_every_backend_name_maps_to_a_class_that_builds_from_settings() -> None:
-    """The map covers exactly the names kar.yaml accepts, and each class (speculative
-    included) has ``from_settings``; importing the classes loads no model library."""
-    import typing
-
-    from kar.generation.factory import BACKENDS, backend_class
+    """The map covers exactly the names kar.yaml accepts (besides ``auto``, which picks one
+    of them, and dotted paths), and each class (speculative included) has ``from_settings``;
+    importing the classes loads no model library."""
+    from kar.generation.factory import AUTO, BACKENDS, backend_class
     from kar.generation.speculative import SpeculativeTransformersBackend
     from kar.generation.transformers_backend import TransformersBackend
 
-    names = typing.get_args(GenerationSettings.model_fields["backend"].annotation)
-    assert set(BACKENDS) == set(names)
+    names = [n for n in BACKENDS.names() if n != AUTO]
+    assert set(BACKENDS) == set(names) and BACKENDS.names() == [AUTO, *names]
     for name in names:
         gen = settings(backend=name, openai={"model": "m"})
         cls = backend_class(gen)
         assert cls.__name__.lower().startswith(name.lower()) and callable(cls.from_settings)
-    assert backend_class(settings()) is TransformersBackend
+    assert backend_class(settings(backend="transformers")) is TransformersBackend
     speculative = settings(speculative={"mode": "exact"})
     assert backend_class(speculative) is SpeculativeTransformersBackend
 

@@ -201,3 +201,59 @@ def test_knowledge_dropout_drops_whole_rows_in_training_only(small):
     kept = ~torch.isclose(user_field(True), plain_user).all(1)
     assert 0.3 < kept.float().mean() < 0.7  # about half the rows keep their knowledge
     assert (~torch.isclose(user_field(False), plain_user).all(1)).all()  # eval: every row
+
+
+def _parameters_differ(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    return any(not torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_the_published_adaptor_is_trained_even_when_the_warm_start_wins(small, informative):
+    from kar.adaptor import build_adaptor
+    from kar.adaptor.verdict import gain_lineage, knowledge_won
+    from kar.models.train import set_seed
+
+    cfg = {**SMALL, "max_epochs": 4, "lr": 3e-3}
+    plain = train_ctr(small.without_knowledge(), "deepfm", cfg, seed=0)
+    state = plain.model.state_dict()
+    config = AdaptorConfig.load("hea")
+    useless = train_ctr(small, "deepfm", cfg, config, seed=0, init_state=state,
+                        fallback_state=state)  # fmt: skip
+    # random knowledge: no trained epoch beats the warm start, and the gate closes
+    assert useless.best_epoch == 0 and useless.gate_open is False
+    set_seed(0)  # the adaptor's initialisation, as train_ctr builds it for seed 0
+    initial = build_adaptor(config, small.knowledge_dim)
+    assert not _parameters_differ(useless.adaptor, initial)  # kar's arm: the start
+    published = useless.trained_adaptor().module
+    assert _parameters_differ(published, initial)  # the published one is trained
+    assert useless.best_trained_epoch is not None and useless.best_trained_epoch >= 1
+    epoch = useless.history[useless.best_trained_epoch]
+    assert (
+        useless.ungated_valid_auc
+        == epoch["valid_auc"]
+        == max(h["valid_auc"] for h in useless.history[1:])
+    )
+    # the published model's validation AUC against the model without knowledge
+    assert useless.none_valid_auc == pytest.approx(plain.valid_auc, abs=1e-9)
+    assert useless.knowledge_valid_auc == pytest.approx(useless.ungated_valid_auc, abs=1e-9)
+    assert useless.knowledge_gain < 0 and 0.0 <= useless.gate_probability < 0.9
+    # gated: the model without knowledge; ungated: the trained knowledge model
+    assert useless.test_auc == pytest.approx(plain.test_auc, abs=1e-6)
+    assert useless.ungated_test_auc != pytest.approx(useless.test_auc, abs=1e-6)
+    metrics = useless.trained_adaptor().metrics
+    assert metrics["gate_open"] is False and metrics["best_trained_epoch"] >= 1
+    lineage = gain_lineage(metrics)
+    assert lineage["gate"] == "closed" and not knowledge_won(lineage)
+    # knowledge that reveals the label's driver: the gate opens, the lineage says so
+    base = train_ctr(informative.without_knowledge(), "deepfm", cfg, seed=0)
+    useful = train_ctr(
+        informative, "deepfm", cfg, config, seed=0,
+        init_state=base.model.state_dict(), fallback_state=base.model.state_dict(),
+    )  # fmt: skip
+    assert useful.gate_open and useful.best_epoch == useful.best_trained_epoch >= 1
+    assert useful.knowledge_gain > 0 and useful.gate_probability >= 0.9
+    assert useful.ungated_test_auc == useful.test_auc  # the gate kept the trained model
+    lineage = gain_lineage(useful.trained_adaptor().metrics)
+    assert lineage["gate"] == "open" and knowledge_won(lineage)
+    assert lineage["knowledge_gain"].startswith("+")

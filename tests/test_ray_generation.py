@@ -62,15 +62,18 @@ def test_bad_ray_settings_name_the_field(tmp_path: Path) -> None:
 
 @needs_ray
 def test_kar_generate_hands_the_to_do_list_to_the_ray_backend(tmp_path: Path) -> None:
-    """``kar generate`` (the pipeline's lazy backend) finds the streaming entry point, with
+    """``kar generate`` (the lazy backend) streams through the Ray backend it loads, with
     kar.yaml's Ray settings; nothing starts until a job runs."""
-    from kar.pipeline import LazyBackend
+    from kar.generation.backend import StreamingBackend
+    from kar.generation.lazy import LazyBackend
     from kar.project import ProjectFolder, ProjectSettings
 
     raw = {"generation": {"backend": "ray", "ray": {"concurrency": 2, "batch_size": 8}}}
-    lazy = LazyBackend(ProjectFolder(tmp_path, ProjectSettings.model_validate(raw)))
-    backend = lazy.answer_stream.__self__  # type: ignore[attr-defined]
-    assert isinstance(backend, RayBackend)
+    folder = ProjectFolder(tmp_path, ProjectSettings.model_validate(raw))
+    lazy = LazyBackend(folder.settings.generation)
+    assert isinstance(lazy, StreamingBackend) and lazy.backend is None
+    backend = lazy.load()
+    assert isinstance(backend, RayBackend) and isinstance(backend, StreamingBackend)
     assert (backend.concurrency, backend.batch_size, backend.address) == (2, 8, None)
     assert lazy.model_name == backend.model_name == "smollm2-135m-instruct@bfloat16"
 

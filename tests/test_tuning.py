@@ -9,15 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kar.models.evaluation import (
-    KNOWLEDGE_GRID,
-    TUNING_GRID,
-    choose_config,
-    compare,
-    write_report,
-)
+from kar.models.harness import compare
 from kar.models.inputs import CTRFeatures
+from kar.models.report import write_report
 from kar.models.train import train_ctr
+from kar.models.tuning import KNOWLEDGE_GRID, TUNING_GRID, choose_config
 from kar.project import ProjectSettings
 
 # Two learning rates far apart, so the validation AUCs differ clearly on this data.
@@ -110,8 +106,8 @@ def test_compare_runs_every_seed_with_the_chosen_config(features, tmp_path) -> N
 
 
 def test_tuning_is_a_project_setting_with_a_small_shared_grid() -> None:
-    assert ProjectSettings().training.tune is False
-    assert ProjectSettings.model_validate({"training": {"tune": True}}).training.tune
+    assert ProjectSettings().training.tune is True  # on by default (issue 31)
+    assert not ProjectSettings.model_validate({"training": {"tune": False}}).training.tune
     assert 1 < len(TUNING_GRID) <= 4
     from kar.models.config import ModelConfig
 

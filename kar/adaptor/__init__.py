@@ -16,6 +16,7 @@ __all__ = [
     "MoEAdaptor",
     "TrainedAdaptor",
     "build_adaptor",
+    *("KnowledgeInput", "build_module", "load_module", "vector_table"),  # joint path: module.py
 ]
 
 
@@ -28,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from kar.adaptor.trained import TrainedAdaptor
 
         return TrainedAdaptor
+    if name in {"KnowledgeInput", "build_module", "load_module", "vector_table"}:
+        from kar.adaptor import module
+
+        return getattr(module, name)
     raise AttributeError(name)

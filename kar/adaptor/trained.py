@@ -1,7 +1,9 @@
 """A trained adaptor as a folder (sentence-transformers style) that exports adapted vectors.
 
 Folder layout: ``config.json`` (adaptor config, input dim, encoder id, backbone, seed),
-``weights.safetensors``, ``metrics.json``.
+``weights.safetensors``, ``metrics.json`` (the training run's metrics; from ``kar train``
+also the gate's verdict, the validation AUCs with and without knowledge and the bootstrap
+probability, :mod:`kar.adaptor.verdict`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ class TrainedAdaptor:
     backbone: str | None = None
     seed: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def gain_lineage(self) -> dict[str, str]:
+        """Whether knowledge beat no knowledge on validation when this adaptor was trained
+        (gate verdict, AUCs, bootstrap probability), as lineage strings
+        (:func:`kar.adaptor.verdict.gain_lineage`)."""
+        from kar.adaptor.verdict import gain_lineage
+
+        return gain_lineage(self.metrics)
 
     @property
     def input_dim(self) -> int:

@@ -8,6 +8,13 @@ kar.yaml). Encoding and the adaptor consume the member-level rows unchanged.
 """
 
 from kar.collective.clusters import Clusters, cluster_entities
-from kar.collective.members import MODES, member_answers, split_cluster_answers
+from kar.collective.members import MODES, member_answers, source_counts, split_cluster_answers
 
-__all__ = ["MODES", "Clusters", "cluster_entities", "member_answers", "split_cluster_answers"]
+__all__ = [
+    "MODES",
+    "Clusters",
+    "cluster_entities",
+    "member_answers",
+    "source_counts",
+    "split_cluster_answers",
+]

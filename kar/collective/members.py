@@ -116,3 +116,23 @@ def _with_clusters(
     # members of no cluster (or whose cluster has no answer yet) keep their own answer
     rest = own.filter(~pl.col("entity_id").is_in(out["entity_id"].implode()))
     return pl.concat([out, rest.select(out.columns)], how="vertical_relaxed")
+
+
+def source_counts(rows: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Lineage of member rows (:func:`member_answers`), per entity type: how many took each
+    cluster's answer (its entity id), and how many their own, by ``model`` (an LLM's name,
+    or ``import:<source>`` for an imported text)."""
+    if rows.height == 0:
+        return {}
+    model = pl.col("model") if "model" in rows.columns else pl.lit(None, pl.Utf8)
+    source = pl.col("knowledge_source") if "knowledge_source" in rows.columns else pl.lit(None)
+    label = (
+        pl.when(source.cast(pl.Utf8).str.starts_with(CLUSTER_PREFIX))
+        .then(source.cast(pl.Utf8))
+        .otherwise(model.cast(pl.Utf8).fill_null("unknown"))
+    )
+    counts = rows.group_by("entity_type", label.alias("source")).len().sort("source")
+    out: dict[str, dict[str, int]] = {}
+    for entity_type, name, n in counts.iter_rows():
+        out.setdefault(entity_type, {})[name] = int(n)
+    return out

@@ -5,10 +5,10 @@ See docs/data.md for the formats, the fatal-vs-rejected rules and the split prot
 
 from .demo import DemoWorld, load_demo, simulate_demo, write_demo_dataset
 from .fetch import DATASETS, fetch_dataset
-from .movielens import detect_variant, load_movielens, split_title
+from .movielens import detect_variant, load_movielens
 from .schema import Dataset, Split
 from .split import make_time_split
-from .tables import ColumnMapping, load_table_dataset, read_table
+from .tables import ColumnMapping, load_table_dataset, read_table, split_title
 
 __all__ = [
     "DATASETS",

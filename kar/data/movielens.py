@@ -6,7 +6,6 @@ is UTF-8 (its README says so) and goes through the strict generic reader.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +14,7 @@ import polars as pl
 from kar.errors import ConfigError, DataValidationError
 
 from .schema import Dataset
-from .tables import Source, assemble_dataset, load_table_dataset
+from .tables import Source, assemble_dataset, load_table_dataset, split_titles
 from .validate import ROW
 
 Variant = Literal["100k", "1m", "latest-small"]
@@ -35,33 +34,7 @@ OCCUPATIONS_1M = [
     "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
 ]  # fmt: skip
-_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-–]\d{0,4})?\)\s*$")
-_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<art>The|A|An)(?P<rest> \(.*\))?$")
 _SEP = "\x1f"  # stand-in for '::' so polars can split on one byte
-
-
-def split_title(raw: str | None) -> tuple[str | None, int | None]:
-    """``"Shawshank Redemption, The (1994)"`` -> ``("The Shawshank Redemption", 1994)``."""
-    if raw is None:
-        return None, None
-    raw = raw.strip()
-    m = _TITLE_YEAR.match(raw)
-    title, year = (m["title"], int(m["year"])) if m else (raw, None)
-    a = _ARTICLE.match(title)
-    if a:
-        title = f"{a['art']} {a['main']}{a['rest'] or ''}"
-    return title, year
-
-
-def _split_titles(df: pl.DataFrame) -> pl.DataFrame:
-    parsed = df.get_column("title").map_elements(
-        lambda t: dict(zip(("t", "y"), split_title(t), strict=True)),
-        return_dtype=pl.Struct({"t": pl.Utf8, "y": pl.Int32}),
-    )
-    year = parsed.struct.field("y")
-    if "year" in df.columns:  # keep a year given by another column when the title has none
-        year = pl.Series(year).fill_null(df.get_column("year").cast(pl.Int32, strict=False))
-    return df.with_columns(title=parsed.struct.field("t"), year=year)
 
 
 def detect_variant(path: Path) -> Variant:
@@ -133,7 +106,7 @@ def _load_100k(path: Path, ratings: Path | None) -> tuple[Source, Source, Source
         genres=pl.concat_list(flags).list.drop_nulls(),
         year=pl.col("release_date").str.slice(-4).cast(pl.Int32, strict=False),
     ).select("item_id", "title", "year", "genres", "release_date", "imdb_url", ROW)
-    items = _split_titles(items)
+    items = split_titles(items)
     u_file = path / "u.user"
     users = _read_latin1(u_file, ["user_id", "age", "gender", "occupation", "zip_code"], "|")
     return Source(inter, str(r_file)), Source(items, str(i_file)), Source(users, str(u_file))
@@ -144,7 +117,7 @@ def _load_1m(path: Path, ratings: Path | None) -> tuple[Source, Source, Source]:
     inter = _read_latin1(r_file, ["user_id", "item_id", "rating", "timestamp"], "::")
     i_file = path / "movies.dat"
     items = _read_latin1(i_file, ["item_id", "title", "genres"], "::")
-    items = _split_titles(items)
+    items = split_titles(items)
     u_file = path / "users.dat"
     users = _read_latin1(u_file, ["user_id", "gender", "age", "occupation", "zip_code"], "::")
     occupations = {str(i): o for i, o in enumerate(OCCUPATIONS_1M)}
@@ -185,7 +158,7 @@ def load_movielens(
             name=name,
             rejects_dir=rejects_dir,
         )
-        ds.items = _split_titles(ds.items).with_columns(
+        ds.items = split_titles(ds.items).with_columns(
             pl.col("genres").list.filter(pl.element() != "(no genres listed)")
         )
         ds.meta["variant"] = variant

@@ -7,7 +7,9 @@ problems are fatal and which rows are rejected.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from .validate import (
     RejectLog,
     check_unique,
     decode_utf8,
+    is_nan_label,
+    not_finite,
     parse_label,
     parse_numeric,
     parse_timestamp,
@@ -67,15 +71,51 @@ class ColumnMapping(BaseModel):
         try:
             return cls.model_validate(value)
         except ValidationError as exc:
-            raise ConfigError(f"invalid column mapping: {exc}") from None
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"invalid column mapping: field {where!r}: {first['msg']}") from None
 
 
 @dataclass(frozen=True)
 class Source:
-    """A raw frame (kar column names, :data:`ROW` column) and the file it came from."""
+    """A raw frame (kar column names, :data:`ROW` column) and the file it came from;
+    ``names``: kar column -> the file's own name, for error messages."""
 
     frame: pl.DataFrame
     file: str
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-–]\d{0,4})?\)\s*$")
+_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<art>The|A|An)(?P<rest> \(.*\))?$")
+
+
+def split_title(raw: str | None) -> tuple[str | None, int | None]:
+    """``"Shawshank Redemption, The (1994)"`` -> ``("The Shawshank Redemption", 1994)``."""
+    if raw is None:
+        return None, None
+    raw = raw.strip()
+    m = _TITLE_YEAR.match(raw)
+    title, year = (m["title"], int(m["year"])) if m else (raw, None)
+    a = _ARTICLE.match(title)
+    if a:
+        title = f"{a['art']} {a['main']}{a['rest'] or ''}"
+    return title, year
+
+
+def split_titles(df: pl.DataFrame, *, title_year_first: bool = True) -> pl.DataFrame:
+    """Normalise ``title`` with :func:`split_title`: a year suffix goes to ``year``, a
+    trailing article to the front. ``title_year_first``: the title's year wins over the
+    ``year`` column (MovieLens); otherwise it only fills a null year (your tables)."""
+    parsed = df.get_column("title").map_elements(
+        lambda t: dict(zip(("t", "y"), split_title(t), strict=True)),
+        return_dtype=pl.Struct({"t": pl.Utf8, "y": pl.Int32}),
+    )
+    year = pl.Series(parsed.struct.field("y"))
+    if "year" in df.columns:
+        given = df.get_column("year").cast(pl.Int32, strict=False)
+        year = year.fill_null(given) if title_year_first else given.fill_null(year)
+    return df.with_columns(title=parsed.struct.field("t"), year=year)
 
 
 def read_table(path: str | Path, *, separator: str | None = None) -> pl.DataFrame:
@@ -146,6 +186,8 @@ def prepare_items(src: Source, rejects: RejectLog, *, genre_separator: str = "|"
         file=file,
         reason="missing title",
     )
+    if df.height:  # "Godfather, The (1972)" -> "The Godfather", year 1972 (as MovieLens)
+        df = split_titles(df, title_year_first=False)
     return df.select(*_ITEM_FIELDS, *extras, ROW).cast(ITEM_REQUIRED)  # type: ignore[arg-type]
 
 
@@ -160,6 +202,79 @@ def prepare_users(src: Source, rejects: RejectLog) -> pl.DataFrame:
     check_unique(df, "user_id", file)
     extras = [c for c in df.columns if c not in ("user_id", ROW)]
     return _str_columns(df, extras).select("user_id", *extras, ROW).cast(USER_REQUIRED)  # type: ignore[arg-type]
+
+
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+_PLAUSIBLE_SECONDS = (-2_208_988_800, 7_258_118_400)  # 1900-01-01 .. 2200-01-01 UTC
+
+
+def epoch_unit(values: pl.Series) -> str:
+    """The unit of epoch times judged by magnitude (median of |value|): ``s`` below 1e11
+    (the year 5138 in seconds), ``ms`` below 1e14, ``us`` below 1e17, else ``ns``."""
+    magnitude = values.drop_nulls().abs().median()
+    if magnitude is None:
+        return "s"
+    for unit, limit in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
+        if float(magnitude) < limit:  # type: ignore[arg-type]
+            return unit
+    return "ns"
+
+
+def epoch_values(df: pl.DataFrame, col: str, fmt: str | None = None) -> pl.Series | None:
+    """``col`` as Int64 epoch numbers when it holds them (a numeric column, or digit
+    strings judged by the first value), else None (datetimes, ISO or ``fmt`` strings)."""
+    dtype = df.schema[col]
+    if fmt is not None or isinstance(dtype, pl.Datetime | pl.Date):
+        return None
+    if dtype.is_numeric():
+        return df.get_column(col).cast(pl.Int64, strict=False)
+    values = df.get_column(col).cast(pl.Utf8).str.strip_chars()
+    filled = values.filter(values != "").drop_nulls()
+    if filled.len() == 0 or not filled[0].lstrip("-").isdigit():
+        return None
+    return values.cast(pl.Int64, strict=False)
+
+
+def _check_epoch_range(df: pl.DataFrame, epochs: pl.Series, unit: str, file: str, col: str) -> None:
+    """Epoch times read in ``unit`` must fall in 1900-2200: otherwise the unit is wrong."""
+    per = _PER_SECOND[unit]
+    lo, hi = (v * per for v in _PLAUSIBLE_SECONDS)
+    bad = ((epochs < lo) | (epochs > hi)).fill_null(False)
+    if not bad.any():
+        return
+    first = int(bad.arg_true()[0])
+    guess = epoch_unit(epochs)
+    hint = (
+        f"they look like {guess!r}: set dataset.timestamp_unit: {guess} in kar.yaml"
+        if guess != unit
+        else "set dataset.timestamp_unit (s, ms, us or ns) in kar.yaml, or fix the values"
+    )
+    raise DataValidationError(
+        f"epoch time {epochs[first]} read in {unit!r} is not between 1900 and 2200 "
+        f"({int(bad.sum())} such rows); {hint}",
+        file=file,
+        row=int(df.get_column(ROW)[first]) if ROW in df.columns else None,
+        field=col,
+    )
+
+
+def parse_timestamps(
+    df: pl.DataFrame, src: Source, *, unit: str | None = None, fmt: str | None = None
+) -> pl.DataFrame:
+    """Parse the ``timestamp`` column into Datetime(us, UTC): epoch numbers in ``unit``
+    (detected by magnitude when None: s / ms / us / ns), strings with ``fmt`` or as ISO
+    8601. Errors name the file's own column; epochs outside 1900-2200 are fatal."""
+    if unit is not None and unit not in _PER_SECOND:
+        raise ConfigError(f"timestamp_unit must be one of {', '.join(_PER_SECOND)}, not {unit!r}")
+    col = src.names.get("timestamp", "timestamp")
+    if col != "timestamp" and col in df.columns:
+        col = "timestamp"
+    epochs = epoch_values(df, "timestamp", fmt)
+    if epochs is not None:
+        unit = unit or epoch_unit(epochs)
+        _check_epoch_range(df, epochs, unit, src.file, col)
+    df = parse_timestamp(df.rename({"timestamp": col}), col, src.file, unit=unit, fmt=fmt)
+    return df.rename({col: "timestamp"})
 
 
 def prepare_interactions(
@@ -182,13 +297,23 @@ def prepare_interactions(
             field="rating",
         )
     df = _ids(_ids(df, "user_id"), "item_id")
-    df = parse_timestamp(df, "timestamp", file, unit=timestamp_unit, fmt=timestamp_format)
+    df = parse_timestamps(df, src, unit=timestamp_unit, fmt=timestamp_format)
     df = parse_numeric(df, "rating", pl.Float64, file)
     for col in ("user_id", "item_id", "timestamp"):
         df = rejects.split(
             df, pl.col(col).is_null(), table="interactions", file=file, reason=f"missing {col}"
         )
+    df = rejects.split(
+        df,
+        not_finite("rating"),
+        table="interactions",
+        file=file,
+        reason="rating is not finite (NaN or inf)",
+    )
     if has_label:
+        df = rejects.split(
+            df, is_nan_label("label"), table="interactions", file=file, reason="label is NaN"
+        )
         df = parse_label(df, "label", file)
         rule = "label column"
         df = rejects.split(
@@ -232,40 +357,9 @@ def assemble_dataset(
         timestamp_format=timestamp_format,
     )
     n_read = interactions.frame.height
-    ifile = interactions.file
-    if items is not None:
-        item_df = prepare_items(items, rejects, genre_separator=genre_separator)
-        listed = _ids(items.frame, "item_id").get_column("item_id").drop_nulls().implode()
-        kept = pl.col("item_id").is_in(item_df.get_column("item_id").implode())
-        inter = rejects.split(
-            inter,
-            pl.col("item_id").is_in(listed) & ~kept,
-            table="interactions",
-            file=ifile,
-            reason="item_id rejected in items table",
-        )
-        inter = rejects.split(
-            inter, ~kept, table="interactions", file=ifile, reason="item_id not in items table"
-        )
-    else:
-        item_df = _items_from_interactions(inter)
-    if users is not None:
-        user_df = prepare_users(users, rejects)
-        known = pl.col("user_id").is_in(user_df.get_column("user_id").implode())
-        inter = rejects.split(
-            inter, ~known, table="interactions", file=ifile, reason="user_id not in users table"
-        )
-    else:
-        user_df = inter.select("user_id").unique().sort("user_id")
-    repeat = pl.int_range(pl.len()).over("user_id", "item_id", "timestamp") > 0  # file order
-    inter = rejects.split(
-        inter,
-        repeat,
-        table="interactions",
-        file=ifile,
-        reason="duplicate interaction (same user_id, item_id, timestamp)",
-    )
-    inter = inter.drop(ROW).sort("user_id", "timestamp", "item_id")
+    inter, item_df = _with_items(inter, interactions.file, items, rejects, genre_separator)
+    inter, user_df = _with_users(inter, interactions.file, users, rejects)
+    inter = _without_repeats(inter, interactions.file, rejects)
     reject_frame = rejects.frame()
     info: dict[str, object] = dict(meta or {})
     info.update(
@@ -296,6 +390,62 @@ def assemble_dataset(
         rejects=reject_frame,
         meta=info,
     )
+
+
+def _with_items(
+    inter: pl.DataFrame,
+    ifile: str,
+    items: Source | None,
+    rejects: RejectLog,
+    genre_separator: str,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(interactions whose item the items table keeps, the items table); without one, the
+    items are the interactions' ids."""
+    if items is None:
+        return inter, _items_from_interactions(inter)
+    item_df = prepare_items(items, rejects, genre_separator=genre_separator)
+    listed = _ids(items.frame, "item_id").get_column("item_id").drop_nulls().implode()
+    kept = pl.col("item_id").is_in(item_df.get_column("item_id").implode())
+    inter = rejects.split(
+        inter,
+        pl.col("item_id").is_in(listed) & ~kept,
+        table="interactions",
+        file=ifile,
+        reason="item_id rejected in items table",
+    )
+    inter = rejects.split(
+        inter, ~kept, table="interactions", file=ifile, reason="item_id not in items table"
+    )
+    return inter, item_df
+
+
+def _with_users(
+    inter: pl.DataFrame, ifile: str, users: Source | None, rejects: RejectLog
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(interactions whose user the users table lists, the users table); without one, the
+    users are the interactions' ids."""
+    if users is None:
+        return inter, inter.select("user_id").unique().sort("user_id")
+    user_df = prepare_users(users, rejects)
+    known = pl.col("user_id").is_in(user_df.get_column("user_id").implode())
+    inter = rejects.split(
+        inter, ~known, table="interactions", file=ifile, reason="user_id not in users table"
+    )
+    return inter, user_df
+
+
+def _without_repeats(inter: pl.DataFrame, ifile: str, rejects: RejectLog) -> pl.DataFrame:
+    """The interactions without repeats of (user, item, timestamp) (the first in file order
+    is kept), sorted by user, time and item."""
+    repeat = pl.int_range(pl.len()).over("user_id", "item_id", "timestamp") > 0  # file order
+    inter = rejects.split(
+        inter,
+        repeat,
+        table="interactions",
+        file=ifile,
+        reason="duplicate interaction (same user_id, item_id, timestamp)",
+    )
+    return inter.drop(ROW).sort("user_id", "timestamp", "item_id")
 
 
 def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
@@ -364,16 +514,19 @@ def load_table_dataset(
 
     Labels: if ``label_threshold`` is given, ``label = rating >= label_threshold``; otherwise
     the label column (``label_column`` or ``mapping.label``) when present; otherwise
-    ``rating >= 4.0``. Timestamps: epoch numbers in ``timestamp_unit`` (default ``"s"``) or
-    strings in ``timestamp_format`` (default ISO 8601; naive times are UTC).
+    ``rating >= 4.0``. Timestamps: epoch numbers in ``timestamp_unit`` (s, ms, us or ns;
+    detected by magnitude when None) or strings in ``timestamp_format`` (default ISO 8601;
+    naive times are UTC). Titles are normalised as MovieLens' (:func:`split_title`).
     """
     cmap = ColumnMapping.coerce(mapping)
     if label_column is not None:
         cmap = cmap.model_copy(update={"label": label_column})
         cmap.model_fields_set.add("label")
     inter_file = str(interactions)
+    raw = read_table(interactions)
+    names = {f: getattr(cmap, f) for f in ("timestamp",) if getattr(cmap, f) in raw.columns}
     inter_raw = _apply_mapping(
-        read_table(interactions),
+        raw,
         cmap,
         {"user_id": True, "item_id": True, "timestamp": True, "rating": False, "label": False},
         inter_file,
@@ -396,7 +549,7 @@ def load_table_dataset(
         user_src = Source(frame, str(users))
     return assemble_dataset(
         name,
-        Source(inter_raw, inter_file),
+        Source(inter_raw, inter_file, names),
         item_src,
         user_src,
         scenario=scenario,

@@ -113,11 +113,24 @@ def parse_numeric(df: pl.DataFrame, col: str, dtype: pl.DataType, file: str | Pa
     return df.with_columns(parsed.alias(col))
 
 
+def not_finite(col: str) -> pl.Expr:
+    """True where the float column ``col`` holds NaN or +/-inf (null stays null)."""
+    return pl.col(col).is_nan() | pl.col(col).is_infinite()
+
+
+def is_nan_label(col: str) -> pl.Expr:
+    """True where a label cell is NaN (a float NaN or the text nan, as pandas writes a gap)."""
+    return pl.col(col).cast(pl.Utf8).str.strip_chars().str.to_lowercase() == "nan"
+
+
 def parse_label(df: pl.DataFrame, col: str, file: str | Path) -> pl.DataFrame:
-    """Labels: 0/1 (also true/false, yes/no); anything else is fatal; empty is null."""
+    """Labels: 0/1 (also true/false, yes/no; numbers of any dtype); anything else (NaN and
+    inf included) is fatal; empty is null. Reject NaN labels first (:func:`is_nan_label`)."""
     if df.schema[col] == pl.Boolean:
         return df.with_columns(pl.col(col).cast(pl.Int8))
-    text = _blank_to_null(col).cast(pl.Utf8).str.strip_chars().str.to_lowercase()
+    if df.schema[col] != pl.Utf8:
+        df = df.with_columns(pl.col(col).cast(pl.Utf8))
+    text = _blank_to_null(col).str.strip_chars().str.to_lowercase()
     parsed = (
         pl.when(text.is_in(["1", "1.0", "true", "yes"]))
         .then(pl.lit(1, pl.Int8))

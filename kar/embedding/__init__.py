@@ -1,5 +1,7 @@
 """Embedding stage: LLM / encoder item embeddings, collaborative tuning, a user tower, and
-vector-indexed Feast views for i2i / u2i retrieval and cold start (docs/embedding.md).
+vector-indexed Feast views for i2i / u2i retrieval and cold start (docs/embedding.md). A
+stage of the project: ``kar.Project.embed()`` / ``embed_tune()`` / ``embed_users()``, set in
+kar.yaml's ``embedding:`` section.
 
 Importing this package does not import torch, transformers or feast.
 """
@@ -30,7 +32,10 @@ _EXPORTS = {
     "recommend_items": "kar.embedding.feast_repo",
     "nearest_items": "kar.embedding.feast_repo",
     "EmbeddingSettings": "kar.embedding.config",
-    "EmbeddingProject": "kar.embedding.stage",
+    "LegacySettingsWarning": "kar.embedding.config",
+    "EmbeddingPaths": "kar.embedding.stage",
+    "EmbeddingReport": "kar.embedding.stage",
+    "run_embed": "kar.embedding.stage",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,7 +1,14 @@
-"""Settings of the embedding stage: ``embedding.yaml`` in the project folder (optional)."""
+"""Settings of the embedding stage: the ``embedding:`` section of ``kar.yaml``.
+
+:class:`EmbeddingSettings` is that section (``kar.project.ProjectSettings.embedding``). A
+project made before the section existed keeps its settings in ``embedding.yaml``: it is
+still read (once, when the project loads, with a :class:`LegacySettingsWarning` saying to
+move it), unless kar.yaml's own section says otherwise (then an error naming both files).
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kar.errors import ConfigError
 
-SETTINGS_FILE = "embedding.yaml"
+LEGACY_FILE = "embedding.yaml"  # deprecated: the embedding: section of kar.yaml
+
+
+class LegacySettingsWarning(UserWarning):
+    """A deprecated settings file was read (shown by default, also by the ``kar`` command)."""
 
 
 class _Section(BaseModel):
@@ -18,44 +29,57 @@ class _Section(BaseModel):
 
 
 class CooccurrenceSettings(_Section):
+    """Co-occurring item pairs of the training-time interactions (contrastive tuning)."""
+
     window: int = Field(10, ge=1)  # positions apart in a user's sequence that still co-occur
     top_k: int = Field(10, ge=1)  # partners kept per item
 
 
 class TuneSettings(_Section):
+    """NoteLLM-style contrastive tuning of the item embedder (`kar embed tune`)."""
+
+    # mlp: a residual head on frozen vectors; projection: a linear head; encoder: the model
     method: Literal["encoder", "projection", "mlp"] = "mlp"
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float | None = None
-    temperature: float = Field(0.05, gt=0)
-    train_layers: int | None = Field(None, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    seed: int = 0
+    epochs: int = Field(8, ge=1)  # epochs over the pairs (the best on valid Recall@10 is kept)
+    batch_size: int = Field(64, ge=2)  # pairs per step (in-batch negatives)
+    lr: float | None = None  # None: 3e-5 (encoder), 1e-3 (projection, mlp)
+    temperature: float = Field(0.05, gt=0)  # of the InfoNCE loss
+    train_layers: int | None = Field(None, ge=1)  # encoder: tune the top N layers (None: all)
+    checkpoint_every: int = Field(50, ge=1)  # steps between checkpoints (resumable)
+    seed: int = 0  # shuffling and head initialisation
 
 
 class TowerSettings(_Section):
-    max_len: int = Field(20, ge=1)
-    d_model: int = Field(128, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    temperature: float = Field(0.05, gt=0)
-    seed: int = 0
+    """HLLM-style user tower over item embeddings (`kar embed users`)."""
+
+    max_len: int = Field(20, ge=1)  # last item vectors a user is read from
+    d_model: int = Field(128, ge=8)  # width of the transformer
+    layers: int = Field(2, ge=1)  # transformer layers
+    heads: int = Field(4, ge=1)  # attention heads
+    epochs: int = Field(8, ge=1)  # training epochs (the best on valid Recall@10 is kept)
+    batch_size: int = Field(256, ge=2)  # sequences per step
+    lr: float = Field(1e-3, gt=0)  # learning rate
+    temperature: float = Field(0.05, gt=0)  # of the InfoNCE loss
+    seed: int = 0  # initialisation and shuffling
 
 
 class FeastSettings(_Section):
+    """The Feast repository of the vector-indexed views (i2i / u2i search)."""
+
     repo: str = "embedding_repo"  # folder of the embedding Feast repository, in the project
     project: str | None = None  # Feast project (None: <features.project>_emb)
     online_store: dict[str, Any] | None = None  # None: local PostgreSQL with pgvector
 
 
 class EmbeddingSettings(_Section):
-    model: str | None = None  # None / minilm | smollm2 | a local HF folder
-    pooling: Literal["mean", "token", "last"] | None = None  # None: token for LLMs, else mean
-    max_length: int = Field(128, ge=8)
-    batch_size: int = Field(32, ge=1)
+    """Item and user embeddings for retrieval and cold start, served by Feast vector search
+    (`kar embed`, docs/embedding.md)."""
+
+    model: str | None = None  # None / minilm: bundled all-MiniLM-L6-v2 | smollm2 | an HF folder
+    # how token states become one vector; None: token for a causal LM, else mean
+    pooling: Literal["mean", "cls", "last", "token"] | None = None
+    max_length: int = Field(128, ge=8)  # tokens per item text (the [ITEM] prompt is never cut)
+    batch_size: int = Field(32, ge=1)  # texts per model call
     facts: bool = True  # append the knowledge store's item facts to the item text
     cooccurrence: CooccurrenceSettings = Field(default_factory=CooccurrenceSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
@@ -63,13 +87,10 @@ class EmbeddingSettings(_Section):
     feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @classmethod
-    def load(cls, root: Path) -> EmbeddingSettings:
-        """``root/embedding.yaml`` validated (defaults when the file is absent)."""
-        path = Path(root) / SETTINGS_FILE
-        if not path.is_file():
-            return cls()
+    def load_file(cls, path: Path) -> EmbeddingSettings:
+        """A YAML file of these settings, validated (errors name the file and field)."""
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         try:
@@ -78,3 +99,28 @@ class EmbeddingSettings(_Section):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{path}: field {field!r}: {first['msg']}") from exc
+
+
+def merge_legacy_file(root: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """kar.yaml's ``raw`` settings, with a deprecated ``root/embedding.yaml`` read into its
+    ``embedding`` section (and a :class:`LegacySettingsWarning`); unchanged without one.
+
+    A ConfigError when kar.yaml's section sets something else than the defaults or the file.
+    """
+    path = Path(root) / LEGACY_FILE
+    if not path.is_file():
+        return raw
+    legacy = EmbeddingSettings.load_file(path).model_dump(mode="json")
+    section = raw.get("embedding")
+    if section not in (None, {}, legacy, EmbeddingSettings().model_dump(mode="json")):
+        raise ConfigError(
+            f"{path} and the embedding: section of {Path(root) / 'kar.yaml'} both set the "
+            f"embedding settings: keep kar.yaml's section and delete {path.name}"
+        )
+    warnings.warn(
+        f"{path} is deprecated: move its settings under `embedding:` in kar.yaml and delete "
+        "it (read this time)",
+        LegacySettingsWarning,
+        stacklevel=3,
+    )
+    return {**raw, "embedding": legacy}

@@ -1,7 +1,10 @@
 """Feast repository of LLM embeddings: vector-indexed item / user views, i2i and u2i search.
 
-A repository of its own (beside the project's knowledge ``feature_repo/``), because vector
-search needs a vector-capable online store, and Feast has one online store per repository:
+Only what is specific to vector views lives here; settings, store opening and ``feast
+apply`` are :mod:`kar.features.repo`'s, shared with the knowledge views (``kar_repo.json``
+with ``kind: embedding``). A repository of its own (beside the project's knowledge
+``feature_repo/``), because vector search needs a vector-capable online store, and Feast
+has one online store per repository:
 
 - PostgreSQL with pgvector (the default: ``vector_enabled: true``; the extension is created
   in the database at init when missing),
@@ -30,12 +33,15 @@ import polars as pl
 import yaml
 
 from kar.errors import DataValidationError, FeatureStoreError
+from kar.features.repo import SETTINGS_FILE, apply_repo, feature_store, read_settings
+from kar.features.repo import write_settings as write_repo_settings
+from kar.features.stores import online_location, postgres_connection
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-SETTINGS_FILE = "kar_embedding_repo.json"
 DEFINITIONS_FILE = "embedding_features.py"
+KIND = "embedding"  # kar_repo.json's kind: a vector-indexed embedding repository
 ITEM_VIEW, USER_VIEW = "item_embedding", "user_embedding"
 ITEM_TEXT = "item_text"
 # The item id again, as a feature: in Feast 0.67 retrieve_online_documents_v2 returns the
@@ -56,7 +62,7 @@ DEFAULT_ONLINE_STORE: dict[str, Any] = {
 DEFINITIONS = '''"""Feast definitions of kar's LLM embeddings (written by kar.embedding.feast_repo).
 
 Vector-indexed views for i2i / u2i search with retrieve_online_documents_v2; dimensions
-and lineage come from kar_embedding_repo.json beside this file.
+and lineage come from kar_repo.json beside this file.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from feast.data_format import ParquetFormat
 from feast.types import Array, Float32, String
 
 REPO_DIR = Path(__file__).resolve().parent
-SETTINGS = json.loads((REPO_DIR / "kar_embedding_repo.json").read_text())
+SETTINGS = json.loads((REPO_DIR / "kar_repo.json").read_text())
 TAGS = {f"kar.{k}": str(v) for k, v in SETTINGS.get("lineage", {}).items()}
 
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
@@ -145,21 +151,9 @@ def check_vector_store(online_store: Mapping[str, Any]) -> None:
         raise FeatureStoreError(
             f"online store {kind!r}: kar's embedding repo supports postgres (pgvector) and sqlite"
         )
-    import psycopg
-
-    host, port = online_store.get("host"), online_store.get("port", 5432)
-    where = f"{host}:{port}/{online_store.get('database')}"
+    where = online_location(online_store)
     try:
-        with psycopg.connect(
-            host=online_store.get("host"),
-            port=int(online_store.get("port", 5432)),
-            dbname=online_store.get("database"),
-            user=online_store.get("user"),
-            password=online_store.get("password") or None,
-            sslmode=online_store.get("sslmode") or "prefer",
-            connect_timeout=3,
-            autocommit=True,
-        ) as conn:
+        with postgres_connection(online_store, timeout_s=3, autocommit=True) as conn:
             have = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
             if have is None:
                 available = conn.execute(
@@ -198,14 +192,20 @@ def init_embedding_repo(
     if item_dim < 1 or (user_dim is not None and user_dim < 1):
         raise FeatureStoreError(f"dimensions must be positive (item {item_dim}, user {user_dim})")
     settings_path = dest / SETTINGS_FILE
-    if settings_path.exists() and not overwrite:
+    if settings_path.exists():
         current = json.loads(settings_path.read_text())
-        if current.get("item_dim") == item_dim and current.get("project") == project:
-            return dest
-        raise FeatureStoreError(
-            f"{settings_path} exists for project {current.get('project')!r} with item_dim "
-            f"{current.get('item_dim')} (asked {project!r}, {item_dim}): pass overwrite=True"
-        )
+        if current.get("kind") != KIND:
+            raise FeatureStoreError(
+                f"{dest} is a kar knowledge feature repository: give the embeddings a folder "
+                "of their own (embedding.feast.repo)"
+            )
+        if not overwrite:
+            if current.get("item_dim") == item_dim and current.get("project") == project:
+                return dest
+            raise FeatureStoreError(
+                f"{settings_path} exists for project {current.get('project')!r} with item_dim "
+                f"{current.get('item_dim')} (asked {project!r}, {item_dim}): pass overwrite=True"
+            )
     online = dict(online_store or DEFAULT_ONLINE_STORE)
     check_vector_store(online)
     for view in (ITEM_VIEW, USER_VIEW):
@@ -222,50 +222,19 @@ def init_embedding_repo(
     (dest / DEFINITIONS_FILE).write_text(DEFINITIONS)
     (dest / ".feastignore").write_text("data/\n")
     settings = {
+        "kind": KIND,
         "project": project,
         "item_dim": int(item_dim),
         "user_dim": int(user_dim or item_dim),
         "lineage": {str(k): str(v) for k, v in (lineage or {}).items()},
     }
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    write_repo_settings(dest, settings)
     return dest
 
 
-def read_settings(repo: Path) -> dict[str, Any]:
-    """The repo's ``kar_embedding_repo.json``."""
-    path = Path(repo) / SETTINGS_FILE
-    if not path.is_file() or not (Path(repo) / "feature_store.yaml").is_file():
-        raise FeatureStoreError(
-            f"{repo} is not a kar embedding repository ({SETTINGS_FILE} or feature_store.yaml "
-            "missing): run `kar embed` first (it publishes)"
-        )
-    return json.loads(path.read_text())
-
-
 def open_store(repo: Path) -> FeatureStore:
-    """The Feast store of an embedding repository (imports feast lazily)."""
-    read_settings(repo)
-    from feast import FeatureStore
-
-    return FeatureStore(repo_path=str(Path(repo).resolve()))
-
-
-def _definitions(repo: Path) -> list[Any]:
-    import importlib.util
-
-    from feast import Entity, FeatureView
-    from feast.data_source import DataSource
-
-    path = Path(repo).resolve() / DEFINITIONS_FILE
-    spec = importlib.util.spec_from_file_location(f"_kar_embedding_repo_{abs(hash(path))}", path)
-    if spec is None or spec.loader is None:
-        raise FeatureStoreError(f"{path}: cannot load the Feast definitions")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise FeatureStoreError(f"{path}: cannot load the Feast definitions: {exc}") from exc
-    return [v for v in vars(module).values() if isinstance(v, Entity | DataSource | FeatureView)]
+    """The Feast store of an embedding repository: :func:`kar.features.repo.feature_store`."""
+    return feature_store(repo)
 
 
 @dataclass
@@ -322,11 +291,7 @@ def publish_embeddings(
     started = time.perf_counter()
     settings = read_settings(repo)
     now = datetime.now(UTC)
-    store = open_store(repo)
-    try:
-        store.apply(_definitions(repo))
-    except Exception as exc:
-        raise FeatureStoreError(f"feast apply failed in {repo}: {exc}") from exc
+    store = apply_repo(repo, definitions=DEFINITIONS_FILE)
     files: list[Path] = []
     counts = {"item": 0, "user": 0}
     stamp = now.strftime("%Y%m%dT%H%M%S%f")
@@ -368,7 +333,7 @@ class Neighbour:
 def online_vector(repo: Path, kind: str, entity_id: str, store: Any = None) -> np.ndarray:
     """The vector of one item or user, read from the online store with get_online_features."""
     view = ITEM_VIEW if kind == "item" else USER_VIEW
-    store = store or open_store(repo)
+    store = store or feature_store(repo)
     key = f"{kind}_id"
     out = store.get_online_features([f"{view}:{view}"], entity_rows=[{key: entity_id}]).to_dict()
     value = out[view][0]
@@ -385,7 +350,7 @@ def nearest_items(
     """The ``k`` items nearest to ``vector`` (cosine), through retrieve_online_documents_v2."""
     if k < 1:
         raise FeatureStoreError(f"k must be >= 1, got {k}")
-    store = store or open_store(repo)
+    store = store or feature_store(repo)
     response = store.retrieve_online_documents_v2(
         features=[f"{ITEM_VIEW}:{ITEM_REF}", f"{ITEM_VIEW}:{ITEM_TEXT}"],
         query=[float(x) for x in vector],
@@ -405,11 +370,11 @@ def nearest_items(
 
 def similar_items(repo: Path, item_id: str, k: int = 10) -> list[Neighbour]:
     """i2i: the ``k`` items nearest to ``item_id``'s embedding (the item itself left out)."""
-    store = open_store(repo)
+    store = feature_store(repo)
     return nearest_items(repo, online_vector(repo, "item", item_id, store), k, [item_id], store)
 
 
 def recommend_items(repo: Path, user_id: str, k: int = 10) -> list[Neighbour]:
     """u2i: the ``k`` items nearest to ``user_id``'s tower embedding."""
-    store = open_store(repo)
+    store = feature_store(repo)
     return nearest_items(repo, online_vector(repo, "user", user_id, store), k, (), store)

@@ -40,6 +40,8 @@ from kar.errors import DataValidationError, KarError
 if TYPE_CHECKING:
     import torch
 
+    from kar.encoding.cache import VectorCache
+
 Method = Literal["encoder", "projection", "mlp"]
 CHECKPOINT = "checkpoint.pt"
 META = "tuned.json"
@@ -161,8 +163,12 @@ class ProjectedEmbedder:
             return torch.nn.functional.normalize(self.head(raw), dim=1).numpy()
 
 
-def load_tuned(directory: Path, threads: int = 1) -> ItemEmbedder | ProjectedEmbedder:
-    """The embedder a finished :func:`tune_embeddings` run wrote to ``directory``."""
+def load_tuned(
+    directory: Path, threads: int = 1, cache: VectorCache | None = None
+) -> ItemEmbedder | ProjectedEmbedder:
+    """The embedder a finished :func:`tune_embeddings` run wrote to ``directory``; ``cache``
+    keeps the frozen base model's vectors of the head methods (a tuned model's own vectors
+    are never cached: its id does not change when it is tuned again)."""
     directory = Path(directory)
     meta_path = directory / META
     if not meta_path.is_file():
@@ -178,7 +184,11 @@ def load_tuned(directory: Path, threads: int = 1) -> ItemEmbedder | ProjectedEmb
     import torch
 
     base = ItemEmbedder(
-        meta["base_model"], pooling=meta["pooling"], max_length=meta["max_length"], threads=threads
+        meta["base_model"],
+        pooling=meta["pooling"],
+        max_length=meta["max_length"],
+        threads=threads,
+        cache=cache,
     )
     saved = torch.load(directory / HEAD, weights_only=True)
     head = make_head(meta["method"], base.dim, int(saved["hidden"]))
@@ -215,32 +225,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def tune_embeddings(
-    embedder: ItemEmbedder,
-    texts: Mapping[str, str],
-    pairs: pl.DataFrame,
-    directory: Path,
-    config: TuneConfig | None = None,
-    *,
-    base_model: str | None = None,
-    evaluate: Callable[[EmbedFn], float] | None = None,
-    progress: bool = True,
-    stop_after_steps: int | None = None,
-    base_vectors: np.ndarray | None = None,
-) -> TuneResult:
-    """Tune ``embedder`` on ``pairs`` (item_a, item_b[, score]) of items in ``texts``.
-
-    Writes the tuned embedder to ``directory`` (load it with :func:`load_tuned`).
-    ``base_model``: how to name the base model in the metadata (projection reloads it).
-    ``stop_after_steps``: stop (checkpointed) after this many steps of this call, to test
-    resuming. ``base_vectors``: for the head methods, the model's vectors of the items
-    (rows in sorted id order) when already computed.
-    """
-    import torch
-
-    config = config or TuneConfig()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def _checked_pairs(config: TuneConfig, texts: Mapping[str, str], pairs: pl.DataFrame) -> Any:
+    """``pairs`` (cut to ``max_pairs``) after checking the method, columns and items."""
     if config.method not in ("encoder", "projection", "mlp"):
         raise KarError(
             f"unknown tuning method {config.method!r}; expected encoder | projection | mlp"
@@ -261,187 +247,278 @@ def tune_embeddings(
         )
     if pairs.height < 2:
         raise KarError(f"contrastive tuning needs at least 2 pairs, got {pairs.height}")
-    torch.manual_seed(config.seed)
-    item_ids = sorted(texts)
-    index = {item: i for i, item in enumerate(item_ids)}
-    pa = np.array([index[i] for i in pairs["item_a"].to_list()])
-    pb = np.array([index[i] for i in pairs["item_b"].to_list()])
-    token_ids: list[list[int]] = []
+    return pairs
+
+
+class _Trainee:
+    """What tuning trains: the embedder's own model (``encoder``) or a head over its frozen
+    vectors of the items (``projection``, ``mlp``)."""
+
+    def __init__(
+        self,
+        embedder: ItemEmbedder,
+        config: TuneConfig,
+        texts: list[str],
+        base_vectors: np.ndarray | None,
+    ) -> None:
+        import torch
+
+        self.embedder, self.method = embedder, config.method
+        self.head: Any = None
+        self.frozen: Any = None
+        self.token_ids: list[list[int]] = []
+        self.rows = {text: k for k, text in enumerate(texts)}  # text -> its frozen row
+        if config.method == "encoder":
+            embedder.cache = None  # the model changes under its model_id: nothing to cache
+            embedder.load()
+            self.token_ids = embedder.tokenize(texts)
+            self.params = _trainable(embedder.model, config.train_layers)
+            return
+        if base_vectors is None:
+            base_vectors = embedder.embed(texts)
+        expected = (len(texts), embedder.dim)
+        if base_vectors.shape != expected:
+            raise KarError(f"base_vectors has shape {base_vectors.shape}, expected {expected}")
+        self.frozen = torch.from_numpy(np.asarray(base_vectors, dtype=np.float32))
+        self.head = make_head(config.method, self.frozen.shape[1], config.hidden)
+        self.params = list(self.head.parameters())
+
+    @property
+    def module(self) -> Any:
+        """The torch module whose weights change."""
+        return self.embedder.model if self.head is None else self.head
+
+    def vectors(self, idx: np.ndarray) -> torch.Tensor:
+        """Normalised vectors of the items at rows ``idx``, with gradients."""
+        import torch
+
+        if self.head is None:
+            return self.embedder.forward(self.embedder.pad([self.token_ids[i] for i in idx]))
+        return torch.nn.functional.normalize(self.head(self.frozen[torch.from_numpy(idx)]), dim=1)
+
+    def embed(self, batch_texts: Sequence[str]) -> np.ndarray:
+        """The current embedding function (for validation)."""
+        import torch
+
+        if self.head is None:
+            return self.embedder.embed(batch_texts)
+        if all(t in self.rows for t in batch_texts):
+            rows = torch.tensor([self.rows[t] for t in batch_texts], dtype=torch.long)
+            with torch.inference_mode():  # the item texts: their frozen vectors are at hand
+                vectors = self.head.eval()(self.frozen[rows])
+                return torch.nn.functional.normalize(vectors, dim=1).numpy()
+        return ProjectedEmbedder(self.embedder, self.head, self.method).embed(batch_texts)
+
+    def save(self, directory: Path, hidden: int) -> None:
+        """Write the trained weights: the model folder, or the head file."""
+        if self.head is None:
+            self.embedder.save(directory / MODEL_DIR)
+            return
+        state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        _atomic_save({"state": state, "hidden": hidden}, directory / HEAD)
+
+
+@dataclass
+class _Run:
+    """One tuning run: the trainee, its optimiser, the position, and the checkpoint file."""
+
+    trainee: _Trainee
+    optimizer: Any
+    config: TuneConfig
+    signature: dict[str, Any]
+    path: Path
+    state: dict[str, Any] = field(
+        default_factory=lambda: {
+            "epoch": 0, "step": 0, "global_step": 0, "losses": [], "scores": [], "best": None,
+        }
+    )  # fmt: skip
+    ran: int = 0  # steps run by this call
+
+    def resume(self) -> int:
+        """Load the checkpoint of the same run, if any; the global step it resumes at."""
+        import torch
+
+        if not self.path.is_file():
+            return 0
+        saved = torch.load(self.path, weights_only=False)
+        if saved.get("signature") != self.signature:
+            return 0
+        self.trainee.module.load_state_dict(saved["trainable"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = saved["state"]
+        return int(self.state["global_step"])
+
+    def checkpoint(self) -> None:
+        _atomic_save(
+            {
+                "signature": self.signature,
+                "trainable": self.trainee.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": self.state,
+            },
+            self.path,
+        )
+
+    def step(self, a: np.ndarray, b: np.ndarray) -> float:
+        """One optimisation step on the pairs ``(a[i], b[i])``; its loss."""
+        import torch
+
+        unique, inverse = np.unique(np.r_[a, b], return_inverse=True)
+        emb = self.trainee.vectors(unique)
+        loss = info_nce(
+            emb[torch.from_numpy(inverse[: len(a)])],
+            emb[torch.from_numpy(inverse[len(a) :])],
+            torch.from_numpy(a),
+            torch.from_numpy(b),
+            self.config.temperature,
+        )
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.ran += 1
+        return float(loss.item())
+
+    def end_epoch(self, evaluate: Callable[[EmbedFn], float] | None, directory: Path) -> None:
+        """Score the epoch, keep it when it is the best, checkpoint."""
+        state, epoch = self.state, self.state["epoch"]
+        self.trainee.module.eval()
+        state["losses"].append(float(np.mean(state["epoch_losses"])))
+        score = evaluate(self.trainee.embed) if evaluate is not None else float(epoch)
+        state["scores"].append(float(score))
+        if state["best"] is None or score > state["scores"][state["best"]]:
+            state["best"] = epoch
+            self.trainee.save(directory, self.config.hidden)
+        state.update(epoch=epoch + 1, step=0, epoch_losses=[])
+        self.checkpoint()
+
+    def result(self, started: float, resumed_from: int) -> dict[str, Any]:
+        state = self.state
+        return {
+            "method": self.config.method,
+            "base_model_id": self.trainee.embedder.model_id,
+            "steps": state["global_step"],
+            "epochs_done": state["epoch"],
+            "best_epoch": -1 if state["best"] is None else state["best"],
+            "losses": list(state["losses"]),
+            "scores": list(state["scores"]),
+            "seconds": time.perf_counter() - started,
+            "resumed_from": resumed_from,
+        }
+
+
+def _progress_bar(progress: bool) -> Any:
+    if not progress:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        "{task.fields[loss]}",
+    )
+    bar.start()
+    return bar
+
+
+def _train(
+    run: _Run,
+    pairs: tuple[np.ndarray, np.ndarray],
+    evaluate: Callable[[EmbedFn], float] | None,
+    directory: Path,
+    stop_after_steps: int | None,
+    bar: Any,
+) -> bool:
+    """Run the remaining epochs; True when stopped early (``stop_after_steps``)."""
+    config, state = run.config, run.state
+    pa, pb = pairs
+    steps_per_epoch = int(np.ceil(len(pa) / config.batch_size))
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"]
+        order = np.random.default_rng(config.seed + epoch).permutation(len(pa))
+        task = None
+        if bar is not None:
+            description = f"tuning epoch {epoch + 1}/{config.epochs}"
+            task = bar.add_task(
+                description, total=steps_per_epoch, completed=state["step"], loss=""
+            )
+        run.trainee.module.train()
+        epoch_losses: list[float] = state.setdefault("epoch_losses", [])
+        while state["step"] < steps_per_epoch:
+            if stop_after_steps is not None and run.ran >= stop_after_steps:
+                run.checkpoint()
+                return True
+            step = state["step"]
+            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+            epoch_losses.append(run.step(pa[rows], pb[rows]))
+            state["step"] += 1
+            state["global_step"] += 1
+            if task is not None:
+                bar.update(task, advance=1, loss=f"loss {np.mean(epoch_losses[-20:]):.3f}")
+            if state["step"] % config.checkpoint_every == 0:
+                run.checkpoint()
+        run.end_epoch(evaluate, directory)
+    return False
+
+
+def tune_embeddings(
+    embedder: ItemEmbedder,
+    texts: Mapping[str, str],
+    pairs: pl.DataFrame,
+    directory: Path,
+    config: TuneConfig | None = None,
+    *,
+    base_model: str | None = None,
+    evaluate: Callable[[EmbedFn], float] | None = None,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    base_vectors: np.ndarray | None = None,
+) -> TuneResult:
+    """Tune ``embedder`` on ``pairs`` (item_a, item_b[, score]) of items in ``texts``.
+
+    Writes the tuned embedder to ``directory`` (load it with :func:`load_tuned`).
+    ``base_model``: how to name the base model in the metadata (projection reloads it).
+    ``stop_after_steps``: stop (checkpointed) after this many steps of this call, to test
+    resuming. ``base_vectors``: for the head methods, the model's vectors of the items
+    (rows in sorted id order) when already computed. A finished run with the same inputs
+    is not repeated.
+    """
+    import torch
+
+    config = config or TuneConfig()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pairs = _checked_pairs(config, texts, pairs)
     signature = {
         "config": asdict(config),
         "base_model_id": embedder.model_id,
         "data": _pairs_hash(pairs, texts),
     }
-
-    frozen: torch.Tensor | None = None
-    head: torch.nn.Module | None = None
-    if config.method == "encoder":
-        embedder.load()
-        token_ids = embedder.tokenize([texts[i] for i in item_ids])
-        params = _trainable(embedder.model, config.train_layers)
-    else:
-        if base_vectors is None:
-            base_vectors = embedder.embed([texts[i] for i in item_ids])
-        expected = (len(item_ids), embedder.dim)
-        if base_vectors.shape != expected:
-            raise KarError(f"base_vectors has shape {base_vectors.shape}, expected {expected}")
-        frozen = torch.from_numpy(np.asarray(base_vectors, dtype=np.float32))
-        head = make_head(config.method, frozen.shape[1], config.hidden)
-        params = list(head.parameters())
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate(), weight_decay=config.weight_decay
-    )
-
-    def trainable_state() -> dict[str, Any]:
-        return embedder.model.state_dict() if head is None else head.state_dict()
-
-    def load_trainable(state: dict[str, Any]) -> None:
-        (embedder.model if head is None else head).load_state_dict(state)
-
-    steps_per_epoch = int(np.ceil(len(pa) / config.batch_size))
-    state = {"epoch": 0, "step": 0, "global_step": 0, "losses": [], "scores": [], "best": None}
-    ckpt_path = directory / CHECKPOINT
-    resumed_from = 0
     if (directory / META).is_file():
         meta = json.loads((directory / META).read_text())
         if meta.get("signature") == signature:
             return TuneResult(directory=directory, **meta["result"])
-    if ckpt_path.is_file():
-        saved = torch.load(ckpt_path, weights_only=False)
-        if saved.get("signature") == signature:
-            load_trainable(saved["trainable"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = saved["state"]
-            resumed_from = state["global_step"]
-
-    def checkpoint() -> None:
-        _atomic_save(
-            {
-                "signature": signature,
-                "trainable": trainable_state(),
-                "optimizer": optimizer.state_dict(),
-                "state": state,
-            },
-            ckpt_path,
-        )
-
-    def vectors(idx: np.ndarray) -> torch.Tensor:
-        if head is None:
-            return embedder.forward(embedder.pad([token_ids[i] for i in idx]))
-        assert frozen is not None
-        return torch.nn.functional.normalize(head(frozen[torch.from_numpy(idx)]), dim=1)
-
-    frozen_rows = {texts[i]: k for k, i in enumerate(item_ids)}
-
-    def embed_fn(batch_texts: Sequence[str]) -> np.ndarray:
-        if head is None:
-            return embedder.embed(batch_texts)
-        if frozen is not None and all(t in frozen_rows for t in batch_texts):
-            rows = torch.tensor([frozen_rows[t] for t in batch_texts], dtype=torch.long)
-            with torch.inference_mode():  # the item texts: their frozen vectors are at hand
-                return torch.nn.functional.normalize(head.eval()(frozen[rows]), dim=1).numpy()
-        return ProjectedEmbedder(embedder, head, config.method).embed(batch_texts)
-
-    def save_best() -> None:
-        if head is None:
-            embedder.save(directory / MODEL_DIR)
-        else:
-            state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            _atomic_save({"state": state, "hidden": config.hidden}, directory / HEAD)
-
-    started, ran = time.perf_counter(), 0
-    progress_bar: Any = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        progress_bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            "{task.fields[loss]}",
-        )
-        progress_bar.start()
+    torch.manual_seed(config.seed)
+    item_ids = sorted(texts)
+    index = {item: i for i, item in enumerate(item_ids)}
+    pa = np.array([index[i] for i in pairs["item_a"].to_list()])
+    pb = np.array([index[i] for i in pairs["item_b"].to_list()])
+    trainee = _Trainee(embedder, config, [texts[i] for i in item_ids], base_vectors)
+    optimizer = torch.optim.AdamW(
+        trainee.params, lr=config.learning_rate(), weight_decay=config.weight_decay
+    )
+    run = _Run(trainee, optimizer, config, signature, directory / CHECKPOINT)
+    resumed_from = run.resume()
+    started, bar = time.perf_counter(), _progress_bar(progress)
     try:
-        while state["epoch"] < config.epochs:
-            epoch = state["epoch"]
-            order = np.random.default_rng(config.seed + epoch).permutation(len(pa))
-            task = None
-            if progress_bar is not None:
-                task = progress_bar.add_task(
-                    f"tuning epoch {epoch + 1}/{config.epochs}",
-                    total=steps_per_epoch,
-                    completed=state["step"],
-                    loss="",
-                )
-            (embedder.model if head is None else head).train()
-            epoch_losses: list[float] = state.setdefault("epoch_losses", [])
-            while state["step"] < steps_per_epoch:
-                if stop_after_steps is not None and ran >= stop_after_steps:
-                    checkpoint()
-                    raise _Stopped
-                rows = order[
-                    state["step"] * config.batch_size : (state["step"] + 1) * config.batch_size
-                ]
-                a, b = pa[rows], pb[rows]
-                unique, inverse = np.unique(np.r_[a, b], return_inverse=True)
-                emb = vectors(unique)
-                loss = info_nce(
-                    emb[torch.from_numpy(inverse[: len(a)])],
-                    emb[torch.from_numpy(inverse[len(a) :])],
-                    torch.from_numpy(a),
-                    torch.from_numpy(b),
-                    config.temperature,
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                epoch_losses.append(loss.item())
-                state["step"] += 1
-                state["global_step"] += 1
-                ran += 1
-                if task is not None:
-                    progress_bar.update(
-                        task, advance=1, loss=f"loss {np.mean(epoch_losses[-20:]):.3f}"
-                    )
-                if state["step"] % config.checkpoint_every == 0:
-                    checkpoint()
-            (embedder.model if head is None else head).eval()
-            state["losses"].append(float(np.mean(epoch_losses)))
-            score = evaluate(embed_fn) if evaluate is not None else float(epoch)
-            state["scores"].append(float(score))
-            if state["best"] is None or score > state["scores"][state["best"]]:
-                state["best"] = epoch
-                save_best()
-            state.update(epoch=epoch + 1, step=0, epoch_losses=[])
-            checkpoint()
-    except _Stopped:
-        return TuneResult(
-            directory=directory,
-            method=config.method,
-            base_model_id=embedder.model_id,
-            steps=state["global_step"],
-            epochs_done=state["epoch"],
-            best_epoch=-1 if state["best"] is None else state["best"],
-            losses=list(state["losses"]),
-            scores=list(state["scores"]),
-            seconds=time.perf_counter() - started,
-            resumed_from=resumed_from,
-        )
+        stopped = _train(run, (pa, pb), evaluate, directory, stop_after_steps, bar)
     finally:
-        if progress_bar is not None:
-            progress_bar.stop()
-    result = {
-        "method": config.method,
-        "base_model_id": embedder.model_id,
-        "steps": state["global_step"],
-        "epochs_done": state["epoch"],
-        "best_epoch": state["best"],
-        "losses": state["losses"],
-        "scores": state["scores"],
-        "seconds": time.perf_counter() - started,
-        "resumed_from": resumed_from,
-    }
+        if bar is not None:
+            bar.stop()
+    result = run.result(started, resumed_from)
+    if stopped:
+        return TuneResult(directory=directory, **result)
     meta = {
         "method": config.method,
         "pooling": embedder.pooling,
@@ -451,9 +528,5 @@ def tune_embeddings(
         "result": result,
     }
     (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
-    ckpt_path.unlink(missing_ok=True)
+    (directory / CHECKPOINT).unlink(missing_ok=True)
     return TuneResult(directory=directory, **result)
-
-
-class _Stopped(Exception):
-    """Raised inside the loop to stop after ``stop_after_steps`` (checkpoint written)."""

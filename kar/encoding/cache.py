@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from kar.errors import KarError
+from kar.errors import KarError, KnowledgeStoreError
 
 # Stay below SQLite's historical limit of 999 bound parameters per statement.
 _CHUNK = 900
+_BUSY_MS = 30_000  # how long a write waits for another process's transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -27,6 +29,26 @@ CREATE TABLE IF NOT EXISTS vectors (
 def text_hash(text: str) -> str:
     """Hex sha256 of the UTF-8 text: the cache key of one text."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    """SQLite errors on the cache file as one-line errors saying what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "malformed" in text or "not a database" in text:
+            raise KnowledgeStoreError(
+                f"vector cache {path} is damaged ({text}); it only saves time: delete it "
+                "and rerun (the vectors are computed again)"
+            ) from None
+        if "locked" in text:
+            raise KnowledgeStoreError(
+                f"vector cache {path} stayed locked by another process for over "
+                f"{_BUSY_MS // 1000} s; rerun when the other kar command has finished"
+            ) from None
+        raise KarError(f"vector cache {path} cannot be used: {text}") from None
 
 
 def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
@@ -44,12 +66,13 @@ class VectorCache:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path)
+        except OSError as exc:
+            raise KarError(f"vector cache folder {self.path.parent}: {exc}") from None
+        with _sqlite_errors(self.path):
+            self._conn = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(_SCHEMA)
             self._conn.commit()
-        except sqlite3.DatabaseError as exc:
-            raise KarError(f"vector cache {self.path} cannot be opened: {exc}") from exc
         self.hits = 0
         self.misses = 0
 
@@ -63,7 +86,8 @@ class VectorCache:
                 "SELECT text_hash, vector FROM vectors "
                 f"WHERE model_id = ? AND text_hash IN ({marks})"
             )
-            rows = self._conn.execute(query, (model_id, *chunk))
+            with _sqlite_errors(self.path):
+                rows = self._conn.execute(query, (model_id, *chunk)).fetchall()
             for key, blob in rows:
                 found[key] = np.frombuffer(blob, dtype=np.float32)
         self.hits += len(found)
@@ -75,7 +99,7 @@ class VectorCache:
         if len(hashes) != len(vectors):
             raise ValueError(f"{len(hashes)} hashes but {len(vectors)} vectors")
         data = np.ascontiguousarray(vectors, dtype=np.float32)
-        with self._conn:
+        with _sqlite_errors(self.path), self._conn:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO vectors (model_id, text_hash, vector) VALUES (?, ?, ?)",
                 ((model_id, key, row.tobytes()) for key, row in zip(hashes, data, strict=True)),
@@ -83,10 +107,11 @@ class VectorCache:
 
     def count(self, model_id: str | None = None) -> int:
         """Number of cached vectors, for one encoder or all."""
-        if model_id is None:
-            return self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        query = "SELECT COUNT(*) FROM vectors WHERE model_id = ?"
-        return self._conn.execute(query, (model_id,)).fetchone()[0]
+        query, args = "SELECT COUNT(*) FROM vectors", ()
+        if model_id is not None:
+            query, args = f"{query} WHERE model_id = ?", (model_id,)
+        with _sqlite_errors(self.path):
+            return self._conn.execute(query, args).fetchone()[0]
 
     def close(self) -> None:
         self._conn.close()

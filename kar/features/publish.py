@@ -122,14 +122,16 @@ class PublishReport:
     files: list[Path] = field(default_factory=list)
     materialized: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    reused: int = 0  # of ``files``: written by an earlier run of the same publish, kept
+    lineage: dict[str, str] = field(default_factory=dict)  # the views' lineage after it
 
     def summary(self) -> str:
         steps = ", ".join(f"{step} {sec:.1f} s" for step, sec in self.seconds.items())
         online = "materialised online" if self.materialized else "offline only"
-        return (
-            f"{self.users} user and {self.items} item vectors in {len(self.files)} new "
-            f"Parquet partition(s), {online} ({steps})"
-        )
+        parts = f"{len(self.files) - self.reused} new Parquet partition(s)"
+        if self.reused:
+            parts += f" and {self.reused} already written by an earlier run (reused)"
+        return f"{self.users} user and {self.items} item vectors in {parts}, {online} ({steps})"
 
 
 def _validated(
@@ -226,7 +228,7 @@ def publish(
         f is not None and "event_timestamp" in f.columns for f in (users, items)
     )
     if lineage:
-        update_lineage(repo, lineage)
+        report.lineage = update_lineage(repo, lineage)
     report = publish_frames(repo, frames, materialize, defaulted_ts=defaulted, report=report)
     report.users = frames[USER_VIEW].height if USER_VIEW in frames else 0
     report.items = frames[ITEM_VIEW].height if ITEM_VIEW in frames else 0
@@ -253,8 +255,9 @@ def publish_frames(
     t = time.perf_counter()
     written: dict[str, pl.DataFrame] = {}
     for view, frame in frames.items():
-        part, rows, _new = _write_part(repo, view, frame, defaulted_ts=defaulted_ts)
+        part, rows, new = _write_part(repo, view, frame, defaulted_ts=defaulted_ts)
         report.files.append(part)
+        report.reused += int(not new)
         written[view] = rows
     report.seconds["write"] = time.perf_counter() - t
 

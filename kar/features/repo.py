@@ -16,6 +16,8 @@ from kar.resources import bundled_dir
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from kar.project import FeatureSettings
+
 SETTINGS_FILE = "kar_repo.json"
 DEFINITIONS_FILE = "knowledge_features.py"
 USER_VIEW, ITEM_VIEW = "user_knowledge", "item_knowledge"
@@ -84,13 +86,97 @@ def init_feature_repo(
     return dest
 
 
+STORE_KEYS = ("project", "registry", "online_store")  # feature_store.yaml keys kar.yaml sets
+
+
+def store_settings(
+    project: str,
+    online_store: Mapping[str, Any] | None,
+    registry: str | Mapping[str, Any],
+) -> dict[str, Any]:
+    """The top-level ``feature_store.yaml`` values that kar.yaml's ``features`` section sets
+    (``online_store`` None: the SQLite default)."""
+    if not project.isidentifier():
+        raise FeatureStoreError(f"Feast project name {project!r} must be a Python identifier")
+    return {
+        "project": project,
+        "registry": registry if isinstance(registry, str) else dict(registry),
+        "online_store": dict(online_store or DEFAULT_ONLINE_STORE),
+    }
+
+
+def store_differences(repo: Path, wanted: Mapping[str, Any]) -> list[str]:
+    """The keys of ``wanted`` whose value differs from the repo's ``feature_store.yaml``
+    (compared as written: ``${VAR}`` is not expanded)."""
+    import yaml
+
+    path = Path(repo) / "feature_store.yaml"
+    if not path.is_file():
+        raise FeatureStoreError(f"{path} not found: not a Feast repository")
+    current = yaml.safe_load(path.read_text()) or {}
+    return [key for key, value in wanted.items() if current.get(key) != value]
+
+
+def sync_store_settings(repo: Path, wanted: Mapping[str, Any]) -> list[str]:
+    """Rewrite the top-level keys of ``wanted`` in the repo's ``feature_store.yaml`` (one JSON
+    line each, as rendered at init; other lines kept) and return those that changed.
+
+    Publish calls it with kar.yaml's :func:`store_settings`, so an edit of
+    ``features.online_store`` / ``project`` / ``registry`` takes effect at the next publish.
+    """
+    changed = store_differences(repo, wanted)
+    if not changed:
+        return []
+    path = Path(repo) / "feature_store.yaml"
+    kept: list[str] = []
+    inside = False
+    for line in path.read_text().splitlines():
+        if any(line.startswith(f"{key}:") for key in changed):
+            inside = True  # the key and its indented continuation lines go
+            continue
+        if inside and (line.startswith((" ", "\t")) or not line.strip()):
+            continue
+        inside = False
+        kept.append(line)
+    kept += [f"{key}: {json.dumps(wanted[key])}" for key in changed]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(kept) + "\n")
+    tmp.replace(path)
+    return changed
+
+
+def sync_project_stores(repo: Path, features: FeatureSettings) -> list[str]:
+    """Write kar.yaml's ``features.project`` / ``registry`` / ``online_store`` into the
+    repo's ``feature_store.yaml`` (at publish); the keys that changed."""
+    wanted = store_settings(features.project, features.online_store, features.registry)
+    return sync_store_settings(repo, wanted)
+
+
+def require_project_stores(repo: Path, features: FeatureSettings) -> None:
+    """FeatureStoreError when kar.yaml's store settings differ from ``feature_store.yaml``:
+    a refresh pushes only changed rows, so a new store must first be filled by a publish.
+    A repo without ``feature_store.yaml`` yet passes (the stage that needs it says so)."""
+    if not (Path(repo) / "feature_store.yaml").is_file():
+        return
+    wanted = store_settings(features.project, features.online_store, features.registry)
+    changed = store_differences(repo, wanted)
+    if changed:
+        keys = ", ".join(f"features.{key}" for key in changed)
+        raise FeatureStoreError(
+            f"kar.yaml's {keys} differs from {Path(repo) / 'feature_store.yaml'}: run "
+            "`kar publish` first (it rewrites the file and fills the new store; a refresh "
+            "pushes only the changed rows)"
+        )
+
+
 def read_settings(repo: Path) -> dict[str, Any]:
     """The repo's ``kar_repo.json`` (vector_dim, ttl_seconds, lineage)."""
     path = Path(repo) / SETTINGS_FILE
     if not (Path(repo) / "feature_store.yaml").is_file() or not path.is_file():
         raise FeatureStoreError(
             f"{repo} is not a kar feature repository (feature_store.yaml or {SETTINGS_FILE} "
-            "missing; create one with init_feature_repo)"
+            "missing; `kar publish` creates the knowledge repository and `kar embed` the "
+            "embedding one, or create one with init_feature_repo)"
         )
     try:
         return json.loads(path.read_text())
@@ -157,14 +243,14 @@ def _quiet_dependency_warnings() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
 
 
-def load_definitions(repo: Path) -> list[Any]:
-    """Import the repo's definitions file afresh and return its Feast objects."""
+def load_definitions(repo: Path, definitions: str = DEFINITIONS_FILE) -> list[Any]:
+    """Import the repo's ``definitions`` file afresh and return its Feast objects."""
     import importlib.util
 
     from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
 
-    path = Path(repo).resolve() / DEFINITIONS_FILE
+    path = Path(repo).resolve() / definitions
     if not path.is_file():
         raise FeatureStoreError(f"{path} not found: the repo has no Feast definitions")
     spec = importlib.util.spec_from_file_location(f"_kar_feature_repo_{abs(hash(path))}", path)
@@ -182,10 +268,13 @@ def load_definitions(repo: Path) -> list[Any]:
     return objects
 
 
-def apply_repo(repo: Path, store: FeatureStore | None = None) -> FeatureStore:
-    """``feast apply`` through the Python API: register the definitions, create online tables."""
+def apply_repo(
+    repo: Path, store: FeatureStore | None = None, definitions: str = DEFINITIONS_FILE
+) -> FeatureStore:
+    """``feast apply`` through the Python API: register the ``definitions`` file's objects
+    (the knowledge views by default), create the online tables."""
     store = store or feature_store(repo)
-    objects = load_definitions(repo)
+    objects = load_definitions(repo, definitions)
     try:
         store.apply(objects)
     except Exception as exc:

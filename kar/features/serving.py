@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from kar.features.repo import (
     feature_store,
     read_settings,
 )
+from kar.redaction import redact, redact_url
 
 
 @dataclass(frozen=True)
@@ -191,39 +193,89 @@ class StoreReader(_CodedReader):
 
 
 class HttpReader(_CodedReader):
-    """Reads Feast's HTTP feature server (``feast serve``) at ``url``."""
+    """Reads Feast's HTTP feature server (``feast serve``) at ``url``.
+
+    Any failure (unreachable, an HTTP error, a reply that is not JSON or lacks a requested
+    feature) is a :class:`~kar.errors.FeatureStoreError` naming the server (its password
+    redacted) and what was wrong."""
 
     def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = redact_url(self.url)
         self.timeout_s = timeout_s
+
+    def _fail(self, what: str) -> FeatureStoreError:
+        return FeatureStoreError(redact(f"feature server {self.shown_url}: {what}"))
+
+    def _post(self, body: bytes) -> bytes:
+        request = urllib.request.Request(
+            f"{self.url}/get-online-features",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:200].decode("utf-8", "replace").strip()
+            raise self._fail(f"answered HTTP {exc.code}: {detail or exc.reason}") from None
+        except urllib.error.URLError as exc:
+            raise self._fail(f"unreachable ({exc.reason})") from None
+        except TimeoutError:
+            raise self._fail(f"no reply within {self.timeout_s:g}s") from None
+        except Exception as exc:  # a malformed URL, a dropped connection, a bad status line
+            raise self._fail(f"request failed ({type(exc).__name__}: {exc})") from None
+
+    def _column(self, payload: Any, feature: str, n: int) -> tuple[list[Any], list[Any]]:
+        """The values and statuses of ``feature`` in a reply for ``n`` entities."""
+        try:
+            names, results = payload["metadata"]["feature_names"], payload["results"]
+        except (KeyError, TypeError, IndexError):
+            names = results = None
+        if not isinstance(names, list) or not isinstance(results, list):
+            sent = json.dumps(payload)[:200]
+            raise self._fail(f"unexpected reply (no metadata.feature_names and results): {sent}")
+        if feature not in names:
+            raise self._fail(f"reply has no feature {feature!r} (it has {names})")
+        at = names.index(feature)
+        column = results[at] if at < len(results) else None
+        values = column.get("values") if isinstance(column, dict) else None
+        statuses = column.get("statuses") if isinstance(column, dict) else None
+        if not isinstance(values, list) or not isinstance(statuses, list):
+            raise self._fail(f"reply for feature {feature!r} has no values/statuses lists")
+        if len(values) != n or len(statuses) != n:
+            raise self._fail(
+                f"reply for feature {feature!r} has {len(values)} values and {len(statuses)} "
+                f"statuses for {n} ids"
+            )
+        return values, statuses
 
     def _read(
         self, ref: FeatureRef, ids: Sequence[str], codes: bool
     ) -> tuple[list[np.ndarray | None], list[int]]:
         refs = [ref.ref] + ([f"{ref.view}:{ref.code_feature}"] if codes else [])
         body = json.dumps({"features": refs, "entities": {ref.join_key: list(ids)}})
-        request = urllib.request.Request(
-            f"{self.url}/get-online-features",
-            data=body.encode(),
-            headers={"Content-Type": "application/json"},
-        )
+        raw = self._post(body.encode())
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read())
-        except Exception as exc:
-            raise FeatureStoreError(f"feature server {self.url} failed: {exc}") from exc
-        names = payload["metadata"]["feature_names"]
-        result = payload["results"][names.index(ref.feature)]
-        vectors = [
-            np.asarray(v, dtype=np.float32) if s == "PRESENT" and v is not None else None
-            for v, s in zip(result["values"], result["statuses"], strict=True)
-        ]
+            payload = json.loads(raw)
+        except ValueError:
+            snippet = raw[:120].decode("utf-8", "replace")
+            raise self._fail(f"reply is not JSON: {snippet!r}") from None
+        values, statuses = self._column(payload, ref.feature, len(ids))
+        try:
+            vectors = [
+                np.asarray(v, dtype=np.float32) if s == "PRESENT" and v is not None else None
+                for v, s in zip(values, statuses, strict=True)
+            ]
+        except (TypeError, ValueError) as exc:
+            raise self._fail(f"feature {ref.feature!r} holds a non-numeric value ({exc})") from None
         if not codes:
             return vectors, [0] * len(vectors)
-        found = payload["results"][names.index(ref.code_feature)]
+        assert ref.code_feature is not None
+        found, found_statuses = self._column(payload, ref.code_feature, len(ids))
         coded = [
             code_value(c) if s == "PRESENT" and vec is not None else 0
-            for c, s, vec in zip(found["values"], found["statuses"], vectors, strict=True)
+            for c, s, vec in zip(found, found_statuses, vectors, strict=True)
         ]
         return vectors, coded
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from kar.errors import FeatureStoreError
+from kar.redaction import redact_url
 
 
 def repo_config(repo: Path) -> dict[str, Any]:
@@ -35,19 +36,11 @@ def describe_stores(repo: Path) -> dict[str, str]:
     online = cfg.get("online_store") or {"type": "sqlite"}
     registry = cfg.get("registry")
     if isinstance(registry, Mapping) and registry.get("registry_type") == "sql":
-        reg = f"sql ({_safe_url(str(registry.get('path', '')))})"
+        reg = f"sql ({redact_url(registry.get('path', ''))})"
     else:
         reg = "file"
-    return {"online_store": f"{online.get('type', 'sqlite')} ({_where(online)})", "registry": reg}
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL: say nothing about it
-        return "<unparsed url>"
+    kind = online.get("type", "sqlite")
+    return {"online_store": f"{kind} ({online_location(online)})", "registry": reg}
 
 
 def _redis_target(online: Mapping[str, Any]) -> tuple[str, int, dict[str, Any]]:
@@ -63,7 +56,8 @@ def _redis_target(online: Mapping[str, Any]) -> tuple[str, int, dict[str, Any]]:
     return host or "localhost", int(port or 6379), kwargs
 
 
-def _where(online: Mapping[str, Any]) -> str:
+def online_location(online: Mapping[str, Any]) -> str:
+    """Where an online store block points: host:port[/database] or the SQLite path."""
     kind = online.get("type", "sqlite")
     if kind == "redis":
         host, port, _ = _redis_target(online)
@@ -72,6 +66,24 @@ def _where(online: Mapping[str, Any]) -> str:
         host, port = online.get("host", "localhost"), online.get("port", 5432)
         return f"{host}:{port}/{online.get('database')}"
     return str(online.get("path", "data/online_store.db"))
+
+
+def postgres_connection(
+    online: Mapping[str, Any], timeout_s: float = 2.0, autocommit: bool = False
+) -> Any:
+    """A psycopg connection to a ``type: postgres`` online store block (Feast's keys)."""
+    import psycopg
+
+    return psycopg.connect(
+        host=online.get("host", "localhost"),
+        port=int(online.get("port", 5432)),
+        dbname=online.get("database"),
+        user=online.get("user"),
+        password=online.get("password") or None,
+        sslmode=online.get("sslmode") or "prefer",
+        connect_timeout=max(1, int(timeout_s)),
+        autocommit=autocommit,
+    )
 
 
 def check_online_store(repo: Path, timeout_s: float = 2.0) -> None:
@@ -96,20 +108,10 @@ def check_online_store(repo: Path, timeout_s: float = 2.0) -> None:
             finally:
                 client.close()
         elif kind == "postgres":
-            import psycopg
-
-            psycopg.connect(
-                host=online.get("host", "localhost"),
-                port=int(online.get("port", 5432)),
-                dbname=online.get("database"),
-                user=online.get("user"),
-                password=online.get("password"),
-                sslmode=online.get("sslmode") or "prefer",
-                connect_timeout=max(1, int(timeout_s)),
-            ).close()
+            postgres_connection(online, timeout_s).close()
     except Exception as exc:
         raise FeatureStoreError(
-            f"online store {kind} at {_where(online)} is unreachable ({type(exc).__name__}: "
-            f"{exc}); nothing was written — start it and run the same publish again "
-            "(a retry writes no duplicate rows)"
+            f"online store {kind} at {online_location(online)} is unreachable "
+            f"({type(exc).__name__}: {exc}); nothing was written — start it and run the same "
+            "publish again (a retry writes no duplicate rows)"
         ) from exc

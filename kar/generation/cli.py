@@ -41,7 +41,8 @@ def sources_command(project: Path = PROJECT_DIR) -> None:
 
     from kar.generation.imports import imported_sources
 
-    frame = guard(imported_sources, open_project(project).store)
+    proj = open_project(project)
+    frame = guard(lambda: imported_sources(proj.store))  # opening the store is guarded too
     table = Table("source", "scenario", "kind", "texts", "last import")
     for row in frame.iter_rows():
         table.add_row(*(str(v) for v in row))
@@ -57,5 +58,5 @@ def forget_command(
     from kar.generation.imports import forget_source
 
     proj = open_project(project)
-    n = guard(forget_source, proj.store, source, proj.settings.scenario)
+    n = guard(lambda: forget_source(proj.store, source, proj.settings.scenario))
     console.print(f"forgot {n} texts imported from {source!r}; run `kar generate` for them")

@@ -10,8 +10,9 @@ entity and kind, so it flows through encode, train, publish and refresh unchange
 ``kar generate`` does not ask the LLM about it.
 
 Bad rows (missing or unknown entity id, unknown kind, empty text, text not UTF-8, an entity
-listed twice) are rejected with a reason and their row number into
-``<rejects_dir>/knowledge_import_<source>_rejects.csv``; a file that cannot be read (not
+listed twice) are rejected with a reason, their row number and their ``entity_id`` and
+``kind`` as the file has them, appended to ``<rejects_dir>/knowledge_import_<source>_rejects.csv``
+(``imported_at`` tells the imports apart; earlier rejects are kept); a file that cannot be read (not
 UTF-8, a required column missing) is an error naming file, row and field, raised before
 anything is written. Re-importing the same text (with the same context) changes nothing; a
 changed one replaces the entity's earlier text from the same source, in one transaction.
@@ -57,6 +58,8 @@ IMPORT_VERSION = "import-v1"  # stored as prompt_version: the import format, not
 FINISH_REASON = "imported"
 _SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _DELETE_CHUNK = 500
+# the entity_id and kind of a row as the file has them, kept for its rejects file
+RAW_ID, RAW_KIND = "__entity_id_raw", "__kind_raw"
 
 
 @dataclass
@@ -71,6 +74,7 @@ class ImportReport:
     unchanged: int = 0  # same text already stored (re-import)
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows
     rejects_file: str | None = None
+    rejects_kept: int = 0  # rows of earlier imports already in the rejects file, kept
     by_kind: dict[str, int] = field(default_factory=dict)  # accepted rows per entity type
 
     @property
@@ -90,6 +94,8 @@ class ImportReport:
             text += " (" + "; ".join(f"{r}: {n}" for r, n in self.rejected.items()) + ")"
         if self.rejects_file:
             text += f" -> {self.rejects_file}"
+            if self.rejects_kept:
+                text += f" (appended; {self.rejects_kept} earlier rejected rows kept)"
         return text
 
 
@@ -115,7 +121,8 @@ def default_source(path: str | Path) -> str:
 
 
 def read_texts(path: str | Path) -> pl.DataFrame:
-    """The file's rows as strings (entity_id, kind, text, :data:`ROW`), not yet validated.
+    """The file's rows as strings (entity_id, kind, text, :data:`ROW`, and the raw
+    :data:`RAW_ID` / :data:`RAW_KIND`), not yet validated.
 
     CSV must be UTF-8 (a bad byte is an error naming the row and column); a Parquet binary
     ``text`` column is decoded row by row (undecodable rows become null, marked in
@@ -140,6 +147,8 @@ def read_texts(path: str | Path) -> pl.DataFrame:
         frame = frame.with_columns(pl.Series("text", decoded, dtype=pl.Utf8))
         bad_utf8 = pl.Series("__utf8_bad", flags, dtype=pl.Boolean)
     return frame.select(
+        pl.col("entity_id").cast(pl.Utf8).alias(RAW_ID),
+        pl.col("kind").cast(pl.Utf8).alias(RAW_KIND),
         pl.col("entity_id").cast(pl.Utf8).str.strip_chars(),
         pl.col("kind").cast(pl.Utf8).str.strip_chars().str.to_lowercase(),
         # NUL bytes: PostgreSQL text cannot hold them, and they carry nothing
@@ -224,7 +233,9 @@ def import_texts(
     report = ImportReport(source=source, file=file, rows_read=frame.height)
     report.rejected = rejects.counts()
     if rejects_dir is not None:
-        report.rejects_file = str(rejects.write(rejects_dir, f"knowledge_import_{source}"))
+        out = Path(rejects_dir) / f"knowledge_import_{source}_rejects.csv"
+        report.rejects_kept = append_rejects(out, rejected_rows(rejects, frame))
+        report.rejects_file = str(out)
     contexts: dict[tuple[str, str], tuple[str, datetime | None]] = {}
     item_ids = good.filter(pl.col("entity_type") == "item")["entity_id"].to_list()
     if context and item_ids:
@@ -272,6 +283,33 @@ def import_texts(
     _write(store, rows, model, scenario.name, report)
     log.info("knowledge import %s", report.summary())
     return report
+
+
+def rejected_rows(rejects: RejectLog, frame: pl.DataFrame) -> pl.DataFrame:
+    """The rejects with each row's ``entity_id`` and ``kind`` as the file has them (``frame``:
+    :func:`read_texts`'s rows) and this import's time, all as strings."""
+    raw = frame.select(
+        pl.col(ROW).cast(pl.Int64).alias("row"),
+        pl.col(RAW_ID).alias("entity_id"),
+        pl.col(RAW_KIND).alias("kind"),
+    )
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    out = rejects.frame().join(raw, on="row", how="left", maintain_order="left")
+    return out.with_columns(pl.lit(stamp).alias("imported_at")).cast(pl.Utf8)
+
+
+def append_rejects(path: Path, rows: pl.DataFrame) -> int:
+    """Append ``rows`` to the CSV at ``path`` (created, header only, when there is nothing
+    yet); returns the number of earlier rows kept. Written to a temporary name then renamed,
+    so a crash never loses the earlier rejects."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    earlier = pl.read_csv(path, infer_schema=False) if path.is_file() else rows.clear()
+    if path.is_file() and rows.height == 0:
+        return earlier.height
+    tmp = path.with_name(f".{path.name}.tmp")
+    pl.concat([earlier, rows], how="diagonal_relaxed").write_csv(tmp)
+    tmp.replace(path)
+    return earlier.height
 
 
 def imported_since(

@@ -3,28 +3,56 @@
 Standard library only (``urllib`` + a thread pool). Bounded concurrency, retries with
 exponential backoff (and ``Retry-After``) on 429, 5xx, connection errors and timeouts;
 malformed responses fail at once. The API key is read from an environment variable,
-sent only in the ``Authorization`` header, and never logged or shown in errors/repr.
+sent only in the ``Authorization`` header, and registered with :mod:`kar.redaction`: no
+error or log line shows it, even when a failing server echoes the request headers back. An
+unset variable is warned about once (its name, never a value).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import time
+import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
+from kar.generation.runner import PartialAnswers
 from kar.records import GenerationOutput, SamplingParams
+from kar.redaction import install_log_filter, redact, redact_url, register_secret
 
 if TYPE_CHECKING:
     from kar.project import GenerationSettings
 
 log = logging.getLogger(__name__)
+_warned_lock = threading.Lock()
+_warned_unset: set[str] = set()
+
+
+def api_key(env: str | None) -> str | None:
+    """The key in variable ``env`` (registered as a secret), or None; an unset or empty
+    variable is warned about once per process, by name."""
+    if not env:
+        return None
+    key = os.environ.get(env)
+    if key:
+        register_secret(key)
+        return key
+    with _warned_lock:
+        first = env not in _warned_unset
+        _warned_unset.add(env)
+    if first:
+        log.warning(
+            "%s (generation.openai.api_key_env) is not set: requests are sent without an "
+            "Authorization header (fine for a local vllm serve, refused by hosted APIs)",
+            env,
+        )
+    return None
 
 
 class OpenAIBackend:
@@ -61,8 +89,10 @@ class OpenAIBackend:
                 "need max_concurrency >= 1, max_retries >= 0 and timeout_s > 0, got "
                 f"{max_concurrency}, {max_retries}, {timeout_s}"
             )
+        install_log_filter()
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self.shown_url = redact_url(self.url)  # registers a password in base_url, if any
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
@@ -87,7 +117,10 @@ class OpenAIBackend:
         )
 
     def __repr__(self) -> str:  # never the key
-        return f"OpenAIBackend({self.model_name!r}, url={self.url!r}, key_env={self.api_key_env!r})"
+        return (
+            f"OpenAIBackend({self.model_name!r}, url={self.shown_url!r}, "
+            f"key_env={self.api_key_env!r})"
+        )
 
     def payload(self, messages: ChatMessages, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -105,13 +138,20 @@ class OpenAIBackend:
         return body
 
     def generate(self, batch: list[ChatMessages], params: SamplingParams) -> list[GenerationOutput]:
+        """One answer per conversation, ``max_concurrency`` requests at a time. On Ctrl-C
+        the requests not sent are dropped, those under way finish without retries, and
+        :class:`~kar.generation.runner.PartialAnswers` carries every answer received."""
         if not batch:
             return []
+        stop = threading.Event()  # set on Ctrl-C: no more retries
         workers = min(self.max_concurrency, len(batch))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kar-openai") as pool:
-            futures = [pool.submit(self._complete, m, params) for m in batch]
+            futures = [pool.submit(self._complete, m, params, stop) for m in batch]
             try:
-                return [f.result() for f in futures]
+                return _in_order(futures)
+            except KeyboardInterrupt:
+                stop.set()
+                raise PartialAnswers(_received(pool, futures)) from None
             except BaseException:
                 for f in futures:
                     f.cancel()
@@ -121,13 +161,16 @@ class OpenAIBackend:
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = api_key(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _complete(self, messages: ChatMessages, params: SamplingParams) -> GenerationOutput:
+    def _complete(
+        self, messages: ChatMessages, params: SamplingParams, stop: threading.Event | None = None
+    ) -> GenerationOutput:
         data = json.dumps(self.payload(messages, params)).encode("utf-8")
+        stop = stop or threading.Event()
         last_error = ""
         for attempt in range(self.max_retries + 1):
             wait = min(self.max_backoff_s, self.backoff_s * 2**attempt)
@@ -140,11 +183,11 @@ class OpenAIBackend:
                 return self._parse(raw)
             except urllib.error.HTTPError as exc:
                 body = exc.read()[:300].decode("utf-8", "replace")
-                last_error = f"HTTP {exc.code}: {body}"
+                last_error = redact(f"HTTP {exc.code}: {body}")
                 if exc.code != 429 and exc.code < 500:
                     raise GenerationError(
-                        f"{self.model_name}: {self.url} answered {last_error}"
-                    ) from exc
+                        f"{self.model_name}: {self.shown_url} answered {last_error}"
+                    ) from None
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     wait = min(self.max_backoff_s, float(retry_after))
@@ -154,13 +197,15 @@ class OpenAIBackend:
                 if isinstance(exc.reason, TimeoutError):
                     last_error = f"timed out after {self.timeout_s:g}s"
                 else:
-                    last_error = f"connection failed: {exc.reason}"
-            if attempt < self.max_retries:
-                log.warning("%s: %s; retry %d/%d in %.1fs", self.url, last_error, attempt + 1,
-                            self.max_retries, wait)  # fmt: skip
-                time.sleep(wait)
+                    last_error = redact(f"connection failed: {exc.reason}")
+            if attempt == self.max_retries or stop.is_set():
+                break
+            log.warning("%s: %s; retry %d/%d in %.1fs", self.shown_url, last_error, attempt + 1,
+                        self.max_retries, wait)  # fmt: skip
+            if stop.wait(wait):  # Ctrl-C while waiting: no retry
+                break
         raise GenerationError(
-            f"{self.model_name}: {self.url} failed after {self.max_retries + 1} attempt(s): "
+            f"{self.model_name}: {self.shown_url} failed after {attempt + 1} attempt(s): "
             f"{last_error}"
         )
 
@@ -174,7 +219,10 @@ class OpenAIBackend:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             snippet = raw[:200].decode("utf-8", "replace")
             raise GenerationError(
-                f"{self.model_name}: malformed response from {self.url} ({exc!r}): {snippet!r}"
+                redact(
+                    f"{self.model_name}: malformed response from {self.shown_url} ({exc!r}): "
+                    f"{snippet!r}"
+                )
             ) from exc
         usage = body.get("usage") or {}
         reason = choice.get("finish_reason")
@@ -185,3 +233,28 @@ class OpenAIBackend:
             finish_reason="length" if reason == "length" else "stop",
             meta={"finish_reason_raw": reason} if reason not in ("stop", "length") else {},
         )
+
+
+def _in_order(futures: list[Future[GenerationOutput]]) -> list[GenerationOutput]:
+    """Each future's answer, in order (the first failure raised). Waits in short steps:
+    the OS may hand Ctrl-C's SIGINT to a worker thread, and the main thread raises
+    KeyboardInterrupt only when it wakes."""
+    out = []
+    for future in futures:
+        while not wait([future], timeout=0.2).done:
+            pass
+        out.append(future.result())
+    return out
+
+
+def _received(
+    pool: ThreadPoolExecutor, futures: list[Future[GenerationOutput]]
+) -> list[GenerationOutput | None]:
+    """Each future's answer once the requests under way are done (Ctrl-C pressed again:
+    those back by then); None where no answer came back."""
+    with contextlib.suppress(KeyboardInterrupt):
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [
+        f.result() if f.done() and not f.cancelled() and f.exception() is None else None
+        for f in futures
+    ]

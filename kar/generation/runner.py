@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -20,7 +24,7 @@ from rich.progress import (
 )
 
 from kar.errors import GenerationError, KarError
-from kar.generation.backend import GenerationBackend
+from kar.generation.backend import GenerationBackend, StreamingBackend, TruncatedPolicy
 from kar.generation.quality import (
     EMPTY,
     REFUSAL,
@@ -35,7 +39,77 @@ from kar.records import GenerationOutput, PromptRecord, SamplingParams
 log = logging.getLogger(__name__)
 
 _MAX_RETRY_TOKENS = 4096
-TruncatedPolicy = Literal["trim", "retry", "accept"]
+# without a terminal (output redirected to a log), a plain progress line this often
+PLAIN_PROGRESS_EVERY_S = 30.0
+
+
+def plain_progress_every() -> float:
+    """Seconds between plain progress lines (``KAR_PROGRESS_EVERY_S`` overrides)."""
+    try:
+        return float(os.environ.get("KAR_PROGRESS_EVERY_S", PLAIN_PROGRESS_EVERY_S))
+    except ValueError:
+        return PLAIN_PROGRESS_EVERY_S
+
+
+class PlainProgress:
+    """Progress for a log file: a line at the start, then one every ``every`` seconds and
+    at the end (a rich bar shows nothing until the end when stdout is not a terminal)."""
+
+    def __init__(self, console: Console, kind: str, total: int, model: str, every: float) -> None:
+        self.console, self.kind, self.total, self.every = console, kind, total, every
+        self.start = self.last = time.perf_counter()
+        self._print(f"generating {total} {kind} prompts with {model}")
+
+    def _print(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def update(self, done: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / done * (self.total - done) if done else 0.0
+        self._print(
+            f"generating {self.kind}: {done}/{self.total} prompts, {tokens} tokens, "
+            f"{tokens / max(elapsed, 1e-9):.1f} tok/s, {elapsed:.0f} s elapsed, ~{left:.0f} s left"
+        )
+
+
+class PartialAnswers(KeyboardInterrupt):
+    """Ctrl-C inside a backend's ``generate`` that answers prompts one by one (the OpenAI
+    backend): ``outputs[i]`` is prompt i's answer, None where none came back. The runner
+    saves the finished answers (collected in ``rows``) before the interrupt goes on."""
+
+    def __init__(self, outputs: Sequence[GenerationOutput | None]) -> None:
+        super().__init__()
+        self.outputs = list(outputs)
+        self.rows: list[dict[str, Any]] = []
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`generate_knowledge`, raised once every finished answer is
+    saved; its message says how many (the CLI prints it as its one "interrupted" line)."""
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done (a store write is never cut in half), then
+    raise it. Only in the main thread with Python's own SIGINT handler; else a no-op."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -117,30 +191,49 @@ def _answer_batch(
     truncated: TruncatedPolicy,
     report: GenerationReport,
 ) -> list[dict[str, Any]]:
-    """Answer one batch (with retries of bad answers) and return the store rows."""
-    outputs = _call_backend(backend, batch, params)
-    state = {i: (outputs[i], params, 1) for i in range(len(batch))}  # output, params, attempts
-    report.llm_calls += len(batch)
+    """Answer one batch (with retries of bad answers) and return the store rows.
 
-    def reason_of(output: GenerationOutput) -> str | None:
-        return settle_answer(output, truncated)[1]
-
-    for attempt in range(1, max_retries + 1):
-        groups: dict[SamplingParams, list[int]] = {}
-        for i, (output, _, _) in state.items():
-            reason = reason_of(output)
-            if reason is not None:
-                groups.setdefault(retry_params(params, reason, attempt), []).append(i)
-        if not groups:
-            break
-        for retry, indexes in groups.items():
-            retried = _call_backend(backend, [batch[i] for i in indexes], retry)
-            report.llm_calls += len(indexes)
-            for i, output in zip(indexes, retried, strict=True):
-                state[i] = (output, retry, attempt + 1)
-
+    Interrupted inside the backend (:class:`PartialAnswers`), the rows of the answers that
+    are final (usable, or out of retries) go with the interrupt."""
+    state: dict[int, tuple[GenerationOutput, SamplingParams, int]] = {}  # output, params, tries
+    indexes, used, attempt = list(range(len(batch))), params, 0
+    try:
+        outputs = _call_backend(backend, batch, params)
+        state.update((i, (outputs[i], params, 1)) for i in indexes)
+        report.llm_calls += len(batch)
+        for attempt in range(1, max_retries + 1):
+            groups: dict[SamplingParams, list[int]] = {}
+            for i, (output, _, _) in state.items():
+                reason = settle_answer(output, truncated)[1]
+                if reason is not None:
+                    groups.setdefault(retry_params(params, reason, attempt), []).append(i)
+            if not groups:
+                break
+            for used, indexes in groups.items():
+                retried = _call_backend(backend, [batch[i] for i in indexes], used)
+                report.llm_calls += len(indexes)
+                for i, output in zip(indexes, retried, strict=True):
+                    state[i] = (output, used, attempt + 1)
+    except PartialAnswers as exc:
+        for i, output in zip(indexes, exc.outputs, strict=True):
+            if output is not None:
+                state[i] = (output, used, attempt + 1)
+        final = [i for i in sorted(state) if _is_final(state[i], truncated, max_retries)]
+        results = [state[i] for i in final]
+        exc.rows = store_rows(
+            [batch[i] for i in final], results, backend.model_name, params, truncated, report
+        )
+        raise
     results = [state[i] for i in range(len(batch))]
     return store_rows(batch, results, backend.model_name, params, truncated, report)
+
+
+def _is_final(
+    result: tuple[GenerationOutput, SamplingParams, int], truncated: TruncatedPolicy, retries: int
+) -> bool:
+    """Whether an answer is the one to store: usable, or its retries are used up."""
+    output, _, attempts = result
+    return attempts > retries or settle_answer(output, truncated)[1] is None
 
 
 def settle_answer(
@@ -197,25 +290,6 @@ def store_rows(
     return rows
 
 
-@runtime_checkable
-class StreamingBackend(Protocol):
-    """A backend that answers a whole to-do list as one job (e.g. a Ray Dataset), with the
-    same quality checks and retries as :func:`generate_knowledge`, and yields the store rows
-    (built with :func:`store_rows`) as parts of it finish; the runner saves each at once."""
-
-    model_name: str
-
-    def answer_stream(
-        self,
-        prompts: Sequence[PromptRecord],
-        params: SamplingParams,
-        *,
-        max_retries: int,
-        truncated: TruncatedPolicy,
-        report: GenerationReport,
-    ) -> Iterator[list[dict[str, Any]]]: ...
-
-
 def _answered(
     pending: Sequence[PromptRecord],
     backend: GenerationBackend,
@@ -225,14 +299,29 @@ def _answered(
     truncated: TruncatedPolicy,
     report: GenerationReport,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Store rows for ``pending``, a part at a time: one job of a streaming backend, or one
-    batch after another."""
-    stream = getattr(backend, "answer_stream", None)  # after the to-do list: may load a model
-    if stream is not None:
-        yield from stream(
+    """Store rows for ``pending``, a part at a time: one job of a
+    :class:`~kar.generation.backend.StreamingBackend` (the one place that capability is
+    checked), or one batch after another."""
+    if isinstance(backend, StreamingBackend):
+        yield from backend.answer_stream(
             pending, params, max_retries=max_retries, truncated=truncated, report=report
         )
         return
+    yield from answer_in_batches(
+        pending, backend, params, batch_size, max_retries, truncated, report
+    )
+
+
+def answer_in_batches(
+    pending: Sequence[PromptRecord],
+    backend: GenerationBackend,
+    params: SamplingParams,
+    batch_size: int,
+    max_retries: int,
+    truncated: TruncatedPolicy,
+    report: GenerationReport,
+) -> Iterator[list[dict[str, Any]]]:
+    """Store rows for ``pending``, one batch (with its retries) after another."""
     for lo in range(0, len(pending), batch_size):
         batch = pending[lo : lo + batch_size]
         yield _answer_batch(batch, backend, params, max_retries, truncated, report)
@@ -259,9 +348,11 @@ def generate_knowledge(
     ``trimmed``) and retries it otherwise; ``retry`` always retries with more tokens;
     ``accept`` keeps it as it is. Token counts in the report
     cover the stored answers; ``llm_calls`` counts every prompt sent, retries included.
-    A :class:`StreamingBackend` gets the whole to-do list as one job and its rows are saved
-    as they stream back (a killed run loses only the answers not yet back, and the first
-    answers of prompts waiting for a retry).
+    A :class:`~kar.generation.backend.StreamingBackend` gets the whole to-do list as one job
+    and its rows are saved as they stream back (a killed run loses only the answers not yet
+    back, and the first answers of prompts waiting for a retry). Ctrl-C waits for a store
+    write under way, saves the answers a :class:`PartialAnswers` brings back, and raises
+    :class:`GenerationInterrupted` saying how many answers were saved.
     """
     params = params or SamplingParams()
     if batch_size < 1:
@@ -294,6 +385,12 @@ def generate_knowledge(
     )
     saved = 0
     start = time.perf_counter()
+    plain = None
+    if progress and not console.is_terminal:
+        kind = pending[0].kind
+        plain = PlainProgress(
+            console, kind, len(pending), backend.model_name, plain_progress_every()
+        )
     bar = Progress(
         TextColumn("[bold]generating"),
         BarColumn(),
@@ -302,7 +399,7 @@ def generate_knowledge(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not progress,
+        disable=not progress or plain is not None,
         transient=False,
     )
     try:
@@ -310,20 +407,28 @@ def generate_knowledge(
             task = bar.add_task("generate", total=len(pending), rate=0.0)
             parts = _answered(pending, backend, params, batch_size, max_retries, truncated, report)
             for rows in parts:
-                store.write(rows)
-                saved += len(rows)
+                with _sigint_deferred():  # Ctrl-C now: raised once the batch is saved
+                    store.write(rows)
+                    saved += len(rows)
                 elapsed = time.perf_counter() - start
                 bar.update(
                     task, advance=len(rows), rate=report.completion_tokens / max(elapsed, 1e-9)
                 )
-    except KeyboardInterrupt:
+                if plain is not None:
+                    plain.update(saved, report.completion_tokens)
+    except KeyboardInterrupt as exc:
+        finished = getattr(exc, "rows", [])  # a PartialAnswers: the answers that came back
+        with suppress(KeyboardInterrupt), _sigint_deferred():  # pressed again: stopping anyway
+            store.write(finished)
+            saved += len(finished)
+        kinds = {p.kind for p in pending}
+        kind = f"{kinds.pop()} " if len(kinds) == 1 else ""
         message = (
-            f"interrupted: {saved} answers saved in this run "
-            f"({len(done) + saved} of {report.total} done); rerun to resume"
+            f"{saved} {kind}answers saved in this run "
+            f"({len(done) + saved} of {report.total} {kind}prompts done)"
         )
-        log.warning(message)
-        console.print(f"[yellow]{message}")
-        raise
+        log.info("interrupted: %s; rerun to resume", message)
+        raise GenerationInterrupted(message) from None
     except KarError as exc:
         log.error("%s; %d answers saved in this run, rerun to resume", exc, saved)
         raise

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from kar.data.schema import to_utc
-from kar.errors import ConfigError, KarError
+from kar.errors import ConfigError, KarError, KnowledgeStoreError
 from kar.records import GenerationOutput, PromptRecord, SamplingParams
 
 # (entity_type, entity_id, kind, prompt_hash): with model + sampling_key, one LLM call.
@@ -47,6 +47,42 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+SUPPORTED_URLS = (
+    "sqlite:///path/to/knowledge.db, a bare file path (relative to the project), "
+    "or postgresql+psycopg://user@host:5432/db"
+)
+SQLITE_BUSY_S = 30  # a writer waits this long for another process's transaction
+_CORRUPT = ("database disk image is malformed", "file is not a database")
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a knowledge store, or None. A scheme still holding a ``${VAR}``
+    is judged once expanded (by :class:`KnowledgeStore`)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or "$" in scheme:
+        return None
+    if scheme.split("+", 1)[0].lower() in ("sqlite", "postgresql"):
+        return None
+    return f"{scheme}:// is not a supported knowledge store URL; use {SUPPORTED_URLS}"
+
+
+def _sqlite_message(file: str, error: BaseException, busy_s: float) -> str | None:
+    """A one-line message for SQLite's corruption and lock errors on ``file``, else None."""
+    text = str(error)
+    if any(mark in text for mark in _CORRUPT):
+        return (
+            f"knowledge store {file} is damaged ({text}); kar stopped without writing to it. "
+            f'Restore it from a backup, or save what is readable with `sqlite3 {file} ".recover"'
+            " | sqlite3 recovered.db` and point knowledge_store at recovered.db"
+        )
+    if "database is locked" in text or "database is busy" in text:
+        return (
+            f"knowledge store {file} stayed locked by another process for over {busy_s:g} s; "
+            "finished answers are saved: rerun when the other kar command has finished"
+        )
+    return None
+
+
 def call_key(prompt: PromptRecord) -> CallKey:
     """The part of a call's identity that comes from the prompt."""
     return (prompt.entity_type, prompt.entity_id, prompt.kind, prompt.prompt_hash)
@@ -65,6 +101,11 @@ def copy_sqlite_store(source: Path, target: Path) -> Path:
     dst = sqlite3.connect(target)
     try:
         src.backup(dst)
+    except sqlite3.DatabaseError as exc:
+        message = _sqlite_message(str(source), exc, SQLITE_BUSY_S)
+        if message is None:
+            raise
+        raise KnowledgeStoreError(message) from None
     finally:
         src.close()
         dst.close()
@@ -104,12 +145,28 @@ def _define_table(metadata: sa.MetaData, name: str) -> sa.Table:
     )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
+def _sqlite_pragmas(busy_s: float) -> Any:
+    """A connect hook: wait up to ``busy_s`` for other writers, WAL (readers never wait)."""
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_s * 1000)}")  # first: WAL may wait too
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return on_connect
+
+
+def _engine_url(url: str | Path) -> sa.URL:
+    """The SQLAlchemy URL of ``url`` (a plain path is a SQLite file); ConfigError if unusable."""
+    text = str(url)
+    if "://" not in text:
+        text = f"sqlite:///{Path(text).expanduser()}"
+    try:
+        return make_url(text)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"knowledge store URL {text!r} is not a SQLAlchemy URL") from exc
 
 
 class KnowledgeStore:
@@ -120,33 +177,58 @@ class KnowledgeStore:
     or loses a call. ``url`` is any SQLAlchemy URL, or a plain path to a SQLite file.
     """
 
-    def __init__(self, url: str | Path = "sqlite:///knowledge.db", table: str = "knowledge"):
-        url = str(url)
-        if "://" not in url:
-            url = f"sqlite:///{Path(url).expanduser()}"
-        try:
-            parsed = make_url(url)
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"knowledge store URL {url!r} is not a SQLAlchemy URL") from exc
+    def __init__(
+        self,
+        url: str | Path = "sqlite:///knowledge.db",
+        table: str = "knowledge",
+        *,
+        busy_timeout_s: float = SQLITE_BUSY_S,
+    ):
+        parsed = _engine_url(url)
+        self.busy_timeout_s = busy_timeout_s
         self.url = parsed
         self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(parsed)
+        self.file = self._sqlite_file()
+        if self.file is not None:
+            try:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"knowledge store folder {self.file.parent}: {exc}") from None
+        try:
+            self.engine = sa.create_engine(parsed)
+        except sa.exc.NoSuchModuleError:
+            raise ConfigError(
+                f"knowledge_store: {parsed.drivername}:// cannot be loaded; use {SUPPORTED_URLS}"
+            ) from None
         if self.dialect == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas(busy_timeout_s))
+            sa.event.listen(self.engine, "handle_error", self._sqlite_error)
         self.metadata = sa.MetaData()
         self.table = _define_table(self.metadata, table)
         try:
             self.metadata.create_all(self.engine)
         except sa.exc.OperationalError as exc:
-            raise KarError(
-                f"cannot open knowledge store {parsed.render_as_string(hide_password=True)}: "
-                f"{exc.orig}"
-            ) from exc
+            from kar.redaction import redact, redact_url
+
+            shown = redact_url(parsed.render_as_string(hide_password=False))
+            raise KarError(redact(f"cannot open knowledge store {shown}: {exc.orig}")) from exc
 
     def __repr__(self) -> str:
         return f"KnowledgeStore({self.url.render_as_string(hide_password=True)!r})"
+
+    def _sqlite_file(self) -> Path | None:
+        """The SQLite file of this store (None: another database, or in memory)."""
+        if self.dialect != "sqlite" or self.url.database in (None, "", ":memory:"):
+            return None
+        return Path(self.url.database).expanduser()
+
+    def _sqlite_error(self, context: sa.engine.ExceptionContext) -> None:
+        """SQLAlchemy's handle_error hook: a damaged or locked SQLite file is a one-line
+        :class:`KnowledgeStoreError` for every statement on this engine, not a traceback."""
+        error = context.original_exception
+        message = _sqlite_message(str(self.file or ":memory:"), error, self.busy_timeout_s)
+        if message is not None:
+            raise KnowledgeStoreError(message) from None
 
     def close(self) -> None:
         self.engine.dispose()

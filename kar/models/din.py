@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kar.models.base import CTRModel, FeatureSpec, Inputs
 from kar.models.config import DINConfig
@@ -24,10 +25,23 @@ class DIN(CTRModel):
     def interest(self, inputs: Inputs) -> torch.Tensor:
         """(B, E) attention-weighted sum of the behaviour sequence."""
         h = inputs.history
-        t = inputs.target.unsqueeze(1).expand_as(h)
-        scores = self.attention(torch.cat([h, t, h - t, h * t], dim=-1)).squeeze(-1)
+        if self.reference:
+            t = inputs.target.unsqueeze(1).expand_as(h)
+            scores = self.attention(torch.cat([h, t, h - t, h * t], dim=-1)).squeeze(-1)
+        else:
+            scores = self.attention[1:](self.first_layer(h, inputs.target)).squeeze(-1)
         scores = scores * inputs.history_mask.float()
         return (scores.unsqueeze(-1) * h).sum(1)
+
+    def first_layer(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The activation unit's first linear layer on [h, t, h - t, h * t], (B, L, hidden),
+        without building that (B, L, 4E) input: W_h h + W_t t + W_d (h - t) + W_p (h * t)
+        = (W_h + W_d) h + W_p (h * t) + (W_t - W_d) t, the t term once per row."""
+        first = self.attention[0]
+        w_h, w_t, w_d, w_p = first.weight.chunk(4, dim=1)
+        pairs = torch.cat([h, h * t.unsqueeze(1)], dim=-1)
+        per_step = F.linear(pairs, torch.cat([w_h + w_d, w_p], dim=1))
+        return per_step.add_(F.linear(t, w_t - w_d, first.bias).unsqueeze(1))
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = torch.cat([inputs.fields.flatten(1), self.interest(inputs), inputs.dense], dim=-1)

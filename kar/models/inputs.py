@@ -44,10 +44,17 @@ def _lookup(frame: pl.DataFrame, key: str, vocab: pl.DataFrame, out: str) -> pl.
 
 
 def knowledge_matrix(
-    vectors: pl.DataFrame, vocab: pl.DataFrame, id_col: str, n_rows: int, what: str
+    vectors: pl.DataFrame,
+    vocab: pl.DataFrame,
+    id_col: str,
+    n_rows: int,
+    what: str,
+    dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Dense (n_rows, d) float32 matrix indexed like ``vocab``, and a missing flag per row."""
-    ids, values = vector_matrix(vectors, what, allow_empty=True)
+    """Dense (n_rows, d) float32 matrix indexed like ``vocab``, and a missing flag per row.
+    ``dim``: the width when ``vectors`` is empty (a kind without knowledge: zeros, missing)."""
+    ids, values = vector_matrix(vectors, what, dim=dim if vectors.height == 0 else None,
+                                allow_empty=True)  # fmt: skip
     matrix = np.zeros((n_rows, values.shape[1]), dtype=np.float32)
     missing = np.ones(n_rows, dtype=np.float32)
     keyed = pl.DataFrame(
@@ -165,12 +172,14 @@ class CTRFeatures:
         }
 
     def with_knowledge(self, users: pl.DataFrame, items: pl.DataFrame) -> CTRFeatures:
-        """The same samples with raw knowledge vectors (entity_id, vector) for users and items."""
+        """The same samples with raw knowledge vectors (entity_id, vector) for users and items.
+        A kind with no vectors at all (item knowledge only, say) is all zeros, all missing."""
+        dim = next((len(f["vector"][0]) for f in (users, items) if f.height), None)
         user_k, user_missing = knowledge_matrix(
-            users, self.knowledge_users, "user_id", self.knowledge_users.height + 1, "user"
+            users, self.knowledge_users, "user_id", self.knowledge_users.height + 1, "user", dim
         )
         item_k, item_missing = knowledge_matrix(
-            items, self.knowledge_items, "item_id", self.knowledge_items.height + 1, "item"
+            items, self.knowledge_items, "item_id", self.knowledge_items.height + 1, "item", dim
         )
         if user_k.shape[1] != item_k.shape[1]:
             raise DataValidationError(

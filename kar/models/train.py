@@ -11,7 +11,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
+from torch.optim import Adam
 
 from kar.adaptor.config import AdaptorConfig
 from kar.adaptor.experts import KnowledgeAdaptor, build_adaptor
 from kar.errors import ConfigError
-from kar.models.base import CTRModel, FeatureSpec, Knowledge
+from kar.models.base import CTRModel, FeatureSpec, Knowledge, use_reference_ops
 from kar.models.config import ModelConfig
 from kar.models.inputs import CTRFeatures
 from kar.models.metrics import auc, logloss
@@ -100,7 +101,15 @@ class KARModel(nn.Module):
 
 @dataclass
 class TrainResult:
-    """Metrics of the restored best epoch, and the trained modules."""
+    """Metrics of the restored best epoch, and the trained modules.
+
+    ``valid_auc`` / ``test_auc`` are kar's evaluation arm: the epoch selected on validation
+    (0: the start kept) after the gate. The ``ungated_*`` metrics are the knowledge model at
+    its best *trained* epoch (``best_trained_epoch`` >= 1), before any fallback: the model
+    whose adaptor :meth:`trained_adaptor` publishes. ``knowledge_valid_auc`` /
+    ``none_valid_auc`` / ``gate_probability`` compare that model with the model without
+    knowledge on validation (paired bootstrap), when one was given as ``fallback_state``.
+    """
 
     backbone: str
     seed: int
@@ -111,7 +120,7 @@ class TrainResult:
     best_epoch: int  # 1-based; 0: the warm start was kept
     epochs_run: int
     seconds: float
-    seconds_per_epoch: float
+    seconds_per_epoch: float  # wall seconds of the training steps (no evaluation)
     model: KARModel
     adaptor: KnowledgeAdaptor | None
     model_config: ModelConfig
@@ -120,21 +129,57 @@ class TrainResult:
     # knowledge models given a fallback: False when the gate closed (the result is the
     # model without knowledge), True when the knowledge model was kept; None otherwise
     gate_open: bool | None = None
+    best_trained_epoch: int | None = None  # knowledge models: best epoch >= 1 on validation
+    ungated_valid_auc: float | None = None
+    ungated_test_auc: float | None = None
+    ungated_test_logloss: float | None = None
+    knowledge_valid_auc: float | None = None  # the trained knowledge model (with a fallback)
+    none_valid_auc: float | None = None  # the model without knowledge it falls back to
+    gate_probability: float | None = None  # P(knowledge model beats it), paired bootstrap
+    # the whole model at ``best_trained_epoch`` (knowledge models)
+    trained_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    # how the configuration was chosen (``kar train``: {"point": ..., "source": ...})
+    tuning: dict[str, Any] = field(default_factory=dict)
+    # this process's CPU seconds of the training steps per epoch (a loaded machine's wall
+    # clock counts other jobs too)
+    cpu_seconds_per_epoch: float = math.nan
+
+    @property
+    def knowledge_gain(self) -> float | None:
+        """Relative validation AUC gain of the trained knowledge model over no knowledge."""
+        if self.knowledge_valid_auc is None or not self.none_valid_auc:
+            return None
+        return self.knowledge_valid_auc / self.none_valid_auc - 1.0
 
     def metrics(self) -> dict[str, Any]:
         keys = ("backbone", "seed", "valid_auc", "valid_logloss", "test_auc", "test_logloss")
         keys += ("best_epoch", "epochs_run", "seconds", "seconds_per_epoch")
-        return {k: getattr(self, k) for k in keys}
+        keys += ("gate_open", "best_trained_epoch", "ungated_valid_auc", "ungated_test_auc")
+        keys += ("knowledge_valid_auc", "none_valid_auc", "gate_probability", "knowledge_gain")
+        out = {k: getattr(self, k) for k in keys}
+        out["knowledge_gate"] = self.model_config.knowledge_gate
+        if self.tuning:
+            out["tuning"] = self.tuning
+        return out
 
     def trained_adaptor(self, encoder: str | None = None) -> TrainedAdaptor:
-        """The adaptor alone, ready to save and export vectors."""
+        """The adaptor alone, at its best trained epoch (never the untrained start), ready
+        to save and export vectors."""
         from kar.adaptor.trained import TrainedAdaptor
 
         if self.adaptor is None or self.adaptor_config is None:
             raise ConfigError("this model was trained without knowledge: no adaptor to export")
+        module = self.adaptor
+        if self.trained_state is not None:
+            module = copy.deepcopy(self.adaptor)
+            prefix = "adaptor."
+            module.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in self.trained_state.items()
+                 if k.startswith(prefix)}
+            )  # fmt: skip
         return TrainedAdaptor(
             config=self.adaptor_config,
-            module=self.adaptor,
+            module=module,
             encoder=encoder,
             backbone=self.backbone,
             seed=self.seed,
@@ -150,15 +195,18 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> np.ndarray:
-    """Click probabilities for every row of a split (eval mode)."""
+def predict(
+    model: nn.Module, tensors: dict[str, torch.Tensor], batch_size: int = EVAL_BATCH
+) -> np.ndarray:
+    """Click probabilities for every row of a split (eval mode, no autograd), in batches of
+    ``batch_size`` rows (contiguous slices: no copies)."""
     model.eval()
     n = len(tensors["label"])
-    out = [
-        torch.sigmoid(model({k: v[s : s + EVAL_BATCH] for k, v in tensors.items()}))
-        for s in range(0, n, EVAL_BATCH)
-    ]
+    with torch.inference_mode():
+        out = [
+            torch.sigmoid(model({k: v[s : s + batch_size] for k, v in tensors.items()}))
+            for s in range(0, n, batch_size)
+        ]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -167,6 +215,18 @@ def evaluate(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[float,
     labels = tensors["label"].numpy()
     probs = predict(model, tensors)
     return auc(labels, probs), logloss(labels, probs)
+
+
+def evaluate_test_split(result: TrainResult, features: CTRFeatures) -> None:
+    """Read the test split once for a run trained with ``evaluate_test=False`` (a trial
+    chosen on validation): the selected model's test metrics and, for a knowledge model,
+    the ungated ones (its best trained epoch)."""
+    test = features.tensors("test")
+    result.test_auc, result.test_logloss = evaluate(result.model, test)
+    if result.trained_state is not None:
+        trained = copy.deepcopy(result.model)
+        trained.load_state_dict(result.trained_state)
+        result.ungated_test_auc, result.ungated_test_logloss = evaluate(trained, test)
 
 
 def build_model(
@@ -233,20 +293,41 @@ def _gate(
     valid: dict[str, torch.Tensor],
     confidence: float,
     seed: int,
+    win: float | None = None,
 ) -> bool:
-    """Keep the trained knowledge model (True) or close it into the fallback (False)."""
+    """Keep the trained knowledge model (True) or close it into the fallback (False).
+    ``win``: the bootstrap probability already computed for this very model."""
     from kar.models.metrics import auc_win_probability
 
     if confidence <= 0:
         return True
     closed = copy.deepcopy(model)
     close_knowledge(closed, fallback_state)
-    labels = valid["label"].numpy()
-    win = auc_win_probability(labels, predict(model, valid), predict(closed, valid), seed=seed)
+    if win is None:
+        labels = valid["label"].numpy()
+        win = auc_win_probability(labels, predict(model, valid), predict(closed, valid), seed=seed)
     if win >= confidence:
         return True
     model.load_state_dict(closed.state_dict())
     return False
+
+
+def versus_none(
+    model: KARModel,
+    fallback_state: Mapping[str, torch.Tensor],
+    valid: dict[str, torch.Tensor],
+    seed: int,
+) -> tuple[float, float, float]:
+    """(validation AUC of ``model``, of the model without knowledge in ``fallback_state``,
+    the paired-bootstrap probability that ``model`` has the higher AUC)."""
+    from kar.models.metrics import auc_win_probability
+
+    closed = copy.deepcopy(model)
+    close_knowledge(closed, fallback_state)
+    labels = valid["label"].numpy()
+    with_k, without = predict(model, valid), predict(closed, valid)
+    win = auc_win_probability(labels, with_k, without, seed=seed)
+    return auc(labels, with_k), auc(labels, without), win
 
 
 def _is_knowledge_parameter(name: str) -> bool:
@@ -273,6 +354,7 @@ def train_ctr(
     evaluate_test: bool = True,
     init_state: Mapping[str, torch.Tensor] | None = None,
     fallback_state: Mapping[str, torch.Tensor] | None = None,
+    reference: bool = False,
 ) -> TrainResult:
     """Train ``backbone`` (with the adaptor jointly when ``adaptor_config`` is given).
 
@@ -286,9 +368,16 @@ def train_ctr(
     knowledge, as for ``init_state``): the gate that can close; the trained knowledge model
     is kept only if it beats that model on validation with probability
     ``knowledge_gate`` (paired bootstrap), else the result is that model (knowledge off).
+    Knowledge models also report, gate or not, their best *trained* epoch (>= 1): its
+    ungated valid / test metrics, its adaptor (what :meth:`TrainResult.trained_adaptor`
+    publishes) and, given ``fallback_state``, its validation AUC against that model's.
+    ``reference``: the same training with the reference code path (PyTorch's own embedding
+    backward, DIN's concatenated attention input, per-batch gathers of every tensor, Adam's
+    per-parameter loop): slower, for ``benchmarks/train_throughput.py``.
     """
     set_seed(seed)
     model, config = build_model(features, backbone, model_config, adaptor_config)
+    use_reference_ops(model, reference)
     train, valid = features.tensors("train"), features.tensors("valid")
     n = len(train["label"])
     if n == 0:
@@ -303,21 +392,141 @@ def train_ctr(
     else:
         fit_wide_term(model, train)
     # the starting point is epoch 0 of the selection on validation
-    best = evaluate(model, valid)
-    best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
-    history: list[dict[str, float]] = [{"epoch": 0, "valid_auc": best[0], "valid_logloss": best[1]}]
-    optimiser = torch.optim.Adam(model.parameter_groups(config), lr=config.lr)
+    selection = EpochSelection.start(model, evaluate(model, valid))
+    start = time.perf_counter()
+    name = backbone if progress else None
+    _fit_epochs(model, config, train, valid, selection, seed, name, reference)
+    model.load_state_dict(selection.best_state)
+    knowledge: dict[str, Any] = {}
+    if model.adaptor is not None:
+        knowledge = _trained_knowledge(
+            model, selection, features, fallback_state, seed, evaluate_test
+        )
+        model.load_state_dict(selection.best_state)
+    best, best_epoch = selection.best, selection.best_epoch
+    gate_open = None
+    if fallback_state is not None and model.adaptor is not None:
+        same = best_epoch == selection.trained_epoch  # the selected model is the trained one
+        win = knowledge.get("gate_probability") if same else None
+        gate_open = _gate(model, fallback_state, valid, config.knowledge_gate, seed, win)
+        if not gate_open:
+            best, best_epoch = evaluate(model, valid), 0
+    test_auc, test_logloss = (
+        evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
+    )
+    epochs_run = sum(1 for row in selection.history if row["epoch"] > 0)
+    return TrainResult(
+        backbone=backbone,
+        seed=seed,
+        valid_auc=best[0],
+        valid_logloss=best[1],
+        test_auc=test_auc,
+        test_logloss=test_logloss,
+        best_epoch=best_epoch,
+        epochs_run=epochs_run,
+        seconds=time.perf_counter() - start,
+        seconds_per_epoch=selection.train_seconds / max(epochs_run, 1),
+        cpu_seconds_per_epoch=selection.train_cpu_seconds / max(epochs_run, 1),
+        model=model,
+        adaptor=model.adaptor,
+        model_config=config,
+        adaptor_config=adaptor_config,
+        history=selection.history,
+        gate_open=gate_open,
+        **knowledge,
+    )
+
+
+@dataclass
+class EpochSelection:
+    """What the epochs leave: the best state on validation (the start, epoch 0, included)
+    and the best *trained* state (epoch >= 1), with their (AUC, LogLoss) scores."""
+
+    best: tuple[float, float]
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int = 0
+    trained: tuple[float, float] | None = None
+    trained_state: dict[str, torch.Tensor] | None = None
+    trained_epoch: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
+
+    @classmethod
+    def start(cls, model: nn.Module, score: tuple[float, float]) -> EpochSelection:
+        history = [{"epoch": 0, "valid_auc": score[0], "valid_logloss": score[1]}]
+        return cls(best=score, best_state=copy.deepcopy(model.state_dict()), history=history)
+
+    def update(self, epoch: int, score: tuple[float, float], model: nn.Module) -> bool:
+        """Keep epoch ``epoch``'s state where it is the best so far; True if best overall."""
+        improved = is_better(score, self.best)
+        if improved:
+            self.best, self.best_epoch = score, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+        if is_better(score, self.trained):
+            self.trained, self.trained_epoch = score, epoch
+            self.trained_state = self.best_state if improved else copy.deepcopy(model.state_dict())
+        return improved
+
+
+KNOWLEDGE_KEYS = ("user_k", "item_k", "history_k")  # read by the adaptor only
+
+
+def epoch_batches(
+    model: KARModel,
+    tensors: dict[str, torch.Tensor],
+    order: torch.Tensor,
+    batch_size: int,
+    reference: bool = False,
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """(row indices, batch) per step of an epoch: the rows of ``order`` (a permutation, so
+    each row once) in consecutive chunks of ``batch_size``, each batch gathered with one
+    ``index_select`` per tensor the model reads (the knowledge indices only with an
+    adaptor). ``reference``: every tensor gathered by advanced indexing, as before."""
+    skip = () if model.adaptor is not None or reference else KNOWLEDGE_KEYS
+    keys = [k for k in tensors if k not in skip]
+    for idx in order.split(batch_size):
+        if reference:
+            yield idx, {k: v[idx] for k, v in tensors.items()}
+        else:
+            yield idx, {k: tensors[k].index_select(0, idx) for k in keys}
+
+
+def make_optimiser(model: KARModel, config: ModelConfig, reference: bool = False) -> Adam:
+    """Adam over the model's parameter groups: fused (one kernel for every parameter) where
+    this PyTorch has it, else (and for ``reference``) its per-parameter loop."""
+    groups = model.parameter_groups(config)
+    if not reference:
+        try:
+            return Adam(groups, lr=config.lr, fused=True)
+        except (RuntimeError, TypeError):  # no fused CPU Adam in this PyTorch
+            pass
+    return Adam(groups, lr=config.lr, foreach=False)
+
+
+def _fit_epochs(
+    model: KARModel,
+    config: ModelConfig,
+    train: dict[str, torch.Tensor],
+    valid: dict[str, torch.Tensor],
+    selection: EpochSelection,
+    seed: int,
+    progress_name: str | None,
+    reference: bool = False,
+) -> None:
+    """Train up to ``max_epochs`` epochs (early stopping on validation), into ``selection``."""
+    n = len(train["label"])
+    optimiser = make_optimiser(model, config, reference)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    train_seconds = 0.0
+    stale = 0
     for epoch in range(1, config.max_epochs + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
         total, aux_total, with_aux = 0.0, 0.0, False
-        for idx in torch.randperm(n, generator=generator).split(config.batch_size):
-            batch = {k: v[idx] for k, v in train.items()}
+        order = torch.randperm(n, generator=generator)
+        for idx, batch in epoch_batches(model, train, order, config.batch_size, reference):
             loss = loss_fn(model(batch), batch["label"])
             aux = model.auxiliary_loss()  # e.g. DIEN's next-click loss; None for most models
             if aux is not None:
@@ -329,52 +538,54 @@ def train_ctr(
             optimiser.step()
             total += loss.item() * len(idx)
         scheduler.step()
-        train_seconds += time.perf_counter() - t0
+        selection.train_seconds += time.perf_counter() - t0
+        selection.train_cpu_seconds += time.process_time() - cpu0
         score = evaluate(model, valid)
         row = {"epoch": epoch, "train_loss": total / n}  # CTR loss + auxiliary term
         if with_aux:
             row["aux_loss"] = aux_total / n
-        history.append({**row, "valid_auc": score[0], "valid_logloss": score[1]})
-        if progress:
+        selection.history.append({**row, "valid_auc": score[0], "valid_logloss": score[1]})
+        if progress_name is not None:
             from rich import print as rprint
 
             rprint(
-                f"[{backbone}{' +knowledge' if model.adaptor else ''} seed {seed}] epoch {epoch}: "
-                f"train loss {total / n:.4f}, valid AUC {score[0]:.4f}, LogLoss {score[1]:.4f}"
+                f"[{progress_name}{' +knowledge' if model.adaptor else ''} seed {seed}] epoch "
+                f"{epoch}: train loss {total / n:.4f}, valid AUC {score[0]:.4f}, "
+                f"LogLoss {score[1]:.4f}"
             )
-        if is_better(score, best):
-            best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if selection.update(epoch, score, model):
+            stale = 0
         else:
             stale += 1
             if stale >= config.patience:
                 break
-    assert best is not None and best_state is not None
-    model.load_state_dict(best_state)
-    gate_open = None
-    if fallback_state is not None and model.adaptor is not None:
-        gate_open = _gate(model, fallback_state, valid, config.knowledge_gate, seed)
-        if not gate_open:
-            best, best_epoch = evaluate(model, valid), 0
-    test_auc, test_logloss = (
-        evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
-    )
-    epochs_run = sum(1 for row in history if row["epoch"] > 0)
-    return TrainResult(
-        backbone=backbone,
-        seed=seed,
-        valid_auc=best[0],
-        valid_logloss=best[1],
-        test_auc=test_auc,
-        test_logloss=test_logloss,
-        best_epoch=best_epoch,
-        epochs_run=epochs_run,
-        seconds=time.perf_counter() - start,
-        seconds_per_epoch=train_seconds / max(epochs_run, 1),
-        model=model,
-        adaptor=model.adaptor,
-        model_config=config,
-        adaptor_config=adaptor_config,
-        history=history,
-        gate_open=gate_open,
-    )
+
+
+def _trained_knowledge(
+    model: KARModel,
+    selection: EpochSelection,
+    features: CTRFeatures,
+    fallback_state: Mapping[str, torch.Tensor] | None,
+    seed: int,
+    evaluate_test: bool,
+) -> dict[str, Any]:
+    """The knowledge model at its best trained epoch (loaded into ``model``): its adaptor
+    state, its ungated metrics and, given the model without knowledge, how it compares with
+    that model on validation. TrainResult fields."""
+    state = selection.trained_state if selection.trained_state is not None else selection.best_state
+    score = selection.trained if selection.trained is not None else selection.best
+    model.load_state_dict(state)
+    assert model.adaptor is not None
+    test = evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
+    out: dict[str, Any] = {
+        "best_trained_epoch": selection.trained_epoch,
+        "ungated_valid_auc": score[0],
+        "ungated_test_auc": test[0],
+        "ungated_test_logloss": test[1],
+        "trained_state": state,
+    }
+    if fallback_state is not None:
+        valid = features.tensors("valid")
+        k_auc, n_auc, win = versus_none(model, fallback_state, valid, seed)
+        out.update(knowledge_valid_auc=k_auc, none_valid_auc=n_auc, gate_probability=win)
+    return out

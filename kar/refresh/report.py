@@ -29,6 +29,8 @@ class RefreshReport:
     old_watermark: str | None = None
     new_watermark: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    # lineage: per entity type, entities per knowledge source (a cluster's id, an LLM, an import)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:

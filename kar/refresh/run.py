@@ -2,9 +2,12 @@
 
 A run is planned (events after the watermark -> users to refresh; catalog items not yet
 known -> items to cold-start), its plan recorded as pending, then executed stage by
-stage: generate (knowledge store: an answered call is never repeated), encode, adapt
-with the trained adaptor (and assign each vector its knowledge code with the codebook
-saved at publish, never refitted), write the offline part files (one name per run and view, so a
+stage: generate and encode are the full run's stages (``kar.pipeline.run_generate``,
+``kar.pipeline.knowledge_rows``) on the plan's entities (a
+:class:`kar.pipeline.Subset`), so collective knowledge and imported texts work as in a
+full run (knowledge store: an answered call is never repeated), then adapt with the
+trained adaptor (and assign each vector its knowledge code with the codebook saved at
+publish, never refitted), write the offline part files (one name per run and view, so a
 rerun finds them written), push online, and commit (run done, watermark moved, new items
 known) in one transaction. Killed at any point, the next refresh resumes the pending
 plan: no LLM call repeated, no row written twice, no event skipped.
@@ -26,7 +29,7 @@ import polars as pl
 
 from kar.errors import KarError
 from kar.generation.imports import imported_since
-from kar.pipeline import answer_prompts, load_data, load_scenario, make_encoder
+from kar.pipeline import Subset, knowledge_rows, load_data, make_encoder, run_generate, time_split
 from kar.refresh.report import RefreshReport
 from kar.refresh.state import PendingRun, RefreshState
 
@@ -97,8 +100,10 @@ def refresh(
     The first refresh of a source only records the watermark (the latest event, or
     ``initial_watermark``) and the catalog: the full pipeline built the knowledge so far.
     """
+    from kar.features.repo import require_project_stores
     from kar.generation import KnowledgeStore
 
+    require_project_stores(project.feature_repo, project.settings.features)  # see its doc
     source = source or default_source(project)
     store = KnowledgeStore(project.knowledge_store_url)
     state = RefreshState(store)
@@ -157,20 +162,33 @@ def execute_run(
     report.events, report.users, report.items = run.events, len(run.users), len(run.items)
     report.old_watermark, report.new_watermark = _iso(run.old_watermark), _iso(run.new_watermark)
     as_of = knowledge_time(run.new_watermark)
+    subset = Subset(tuple(run.users), tuple(run.items), as_of)
     if run.users or run.items:
         with _stage(report, "generate"):
-            _generate(project, store, dataset, run, as_of, report, progress)
+            _generate(project, store, dataset, subset, report, progress)
         with _stage(report, "encode"):
-            encoded = _encode(project, store, run)
+            encoded = _encode(project, store, subset, report)
         with _stage(report, "adapt"):
             users, items = _adapt(project, encoded, as_of)
         with _stage(report, "offline"):
             files, rows = write_offline(project.feature_repo, run, users, items)
             report.files, report.offline_rows = [str(f) for f in files], rows
         with _stage(report, "online"):
+            from kar.errors import FeatureStoreError
             from kar.features import push_online
 
-            report.online_rows = push_online(project.feature_repo, users, items)
+            try:
+                report.online_rows = push_online(project.feature_repo, users, items)
+            except FeatureStoreError as exc:
+                reason = exc.__cause__ or exc
+                raise FeatureStoreError(
+                    f"refresh run {run.run_id}: the online push failed "
+                    f"({type(reason).__name__}: {reason}); written so far: the knowledge "
+                    f"store's answers and {report.offline_rows} offline rows in "
+                    f"{', '.join(report.files)}; the online store has nothing new — start it "
+                    "and run `kar refresh` again to finish this run (no LLM call is repeated, "
+                    "no offline row is written twice)"
+                ) from exc
     with _stage(report, "commit"):
         state.commit(run, report.to_dict())
     report.save(project.reports_dir / "refresh")
@@ -181,17 +199,13 @@ def _generate(
     project: ProjectFolder,
     store: KnowledgeStore,
     dataset: Dataset,
-    run: PendingRun,
-    as_of: datetime,
+    subset: Subset,
     report: RefreshReport,
     progress: bool,
 ) -> None:
-    from kar.prompts import build_item_prompts, build_user_prompts
-
-    scenario = load_scenario(project)
-    prompts = build_user_prompts(dataset, scenario, as_of, user_ids=run.users)
-    prompts += build_item_prompts(dataset, scenario, item_ids=run.items)
-    reports = answer_prompts(project, prompts, store=store, scenario=scenario, progress=progress)
+    """``kar generate``'s stage on the run's entities (collective modes and imports included)."""
+    data = (dataset, time_split(project, dataset))
+    reports = run_generate(project, data=data, store=store, subset=subset, progress=progress)
     for result in reports.values():
         report.llm_calls += result.llm_calls
         report.prompt_tokens += result.prompt_tokens
@@ -199,15 +213,16 @@ def _generate(
         report.flagged += result.flagged
 
 
-def _encode(project: ProjectFolder, store: KnowledgeStore, run: PendingRun) -> EntityVectors:
+def _encode(
+    project: ProjectFolder, store: KnowledgeStore, subset: Subset, report: RefreshReport
+) -> EntityVectors:
+    """``kar encode``'s rows for the run's entities, encoded; their lineage in the report."""
+    from kar.collective import source_counts
     from kar.encoding import encode_knowledge
 
-    answers = store.answers(scenario=project.settings.scenario)
-    answers = answers.filter(
-        ((pl.col("entity_type") == "user") & pl.col("entity_id").is_in(run.users))
-        | ((pl.col("entity_type") == "item") & pl.col("entity_id").is_in(run.items))
-    )
-    return encode_knowledge(answers, make_encoder(project))
+    rows = knowledge_rows(project, store, subset)
+    report.sources = source_counts(rows)
+    return encode_knowledge(rows, make_encoder(project))
 
 
 def _adapt(

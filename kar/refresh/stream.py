@@ -7,6 +7,10 @@ dead-letter stream with the reason; valid ones are stored (by message id, so a
 redelivery adds nothing), the users they touch are refreshed, and only after the run has
 published and committed are the entries acknowledged. A consumer killed before that
 gets the same entries again (its pending list, or another consumer claims them).
+
+The Redis URL's password is registered with :mod:`kar.redaction`; every Redis failure
+(a bad URL, unreachable, a refused AUTH, a connection lost mid-run) is a one-line
+:class:`~kar.errors.KarError` naming the redacted URL.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import polars as pl
 from kar.data.schema import to_utc
 from kar.errors import KarError
 from kar.pipeline import load_data
+from kar.redaction import redact, redact_url
 from kar.refresh.report import RefreshReport
 from kar.refresh.run import execute_run
 from kar.refresh.state import RefreshState
@@ -31,6 +36,25 @@ if TYPE_CHECKING:
     from kar.project import ProjectFolder
 
 REQUIRED_FIELDS = ("user_id", "item_id", "timestamp")
+
+
+def connect(url: str) -> Any:
+    """A Redis client for ``url`` (checked with a PING); a bad URL, an unreachable server
+    or a refused AUTH is a :class:`KarError` with the password redacted."""
+    import redis
+
+    shown = redact_url(url)  # registers the password before anything can echo it
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    except ValueError as exc:
+        raise KarError(redact(f"bad Redis URL {shown}: {exc}")) from None
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise KarError(redact(f"Redis at {shown} refused the credentials: {exc}")) from None
+    except redis.RedisError as exc:
+        raise KarError(redact(f"cannot reach Redis at {shown}: {exc}")) from None
+    return client
 
 
 def _text(value: Any) -> str:
@@ -115,7 +139,8 @@ class StreamRefresher:
         if batch_size < 1 or wait_ms < 0:
             raise KarError("batch_size must be >= 1 and wait_ms >= 0")
         self.project = project
-        self.redis = redis.Redis.from_url(url)
+        self.shown_url = redact_url(url)
+        self.redis = connect(url)
         self.stream, self.group, self.consumer = stream, group, consumer
         self.dead_letter = dead_letter or f"{stream}:dead"
         self.batch_size, self.wait_ms, self.claim_idle_ms = batch_size, wait_ms, claim_idle_ms
@@ -127,9 +152,11 @@ class StreamRefresher:
             self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise KarError(f"cannot create consumer group {group} on {stream}: {exc}") from exc
-        except redis.ConnectionError as exc:
-            raise KarError(f"cannot reach Redis at {url}: {exc}") from exc
+                raise KarError(
+                    redact(f"cannot create consumer group {group} on {stream}: {exc}")
+                ) from None
+        except redis.RedisError as exc:
+            raise KarError(redact(f"Redis at {self.shown_url} failed: {exc}")) from None
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self) -> list[tuple[str, dict]]:
@@ -199,6 +226,7 @@ class StreamRefresher:
         report.read = len(entries)
         catalog = set(self.dataset().items["item_id"].to_list())
         threshold = self.project.settings.dataset.label_threshold
+        threshold = 4.0 if threshold is None else threshold  # load_data's MovieLens default
         valid, ack_now = [], []
         for mid, fields in entries:
             try:
@@ -249,9 +277,20 @@ class StreamRefresher:
 
     def run_forever(self, max_batches: int | None = None, on_batch: Any = None) -> int:
         """Process micro-batches until interrupted (or ``max_batches``); returns batches."""
+        import redis
+
         done = 0
         while max_batches is None or done < max_batches:
-            report = self.process_once()
+            try:
+                report = self.process_once()
+            except redis.RedisError as exc:
+                raise KarError(
+                    redact(
+                        f"Redis at {self.shown_url} failed after {done} micro-batch(es) "
+                        f"({type(exc).__name__}: {exc}); unacknowledged events are "
+                        "delivered again on restart"
+                    )
+                ) from None
             done += 1
             if on_batch is not None and report.read:
                 on_batch(report)
