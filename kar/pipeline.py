@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from kar.data.inspect import TableProposal
     from kar.data.schema import Dataset, Split
     from kar.encoding import EntityVectors, TextEncoder
-    from kar.features.publish import PublishReport
+    from kar.features.publishing import PublishReport
     from kar.generation import GenerationReport, KnowledgeStore
     from kar.generation.imports import ImportReport
     from kar.models.inputs import CTRFeatures
@@ -825,8 +825,8 @@ def run_publish(
 
     from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
     from kar.errors import FeatureStoreError
-    from kar.features import publish
     from kar.features.engines import sync_batch_engine
+    from kar.features.publishing import publish
     from kar.features.repo import enable_codes, read_settings
 
     with timed_stage(project, "publish"):

@@ -145,3 +145,24 @@ def _loaded_after(statement: str) -> list[str]:
 def test_import_kar_is_light_and_the_facade_loads_no_model_library() -> None:
     assert _loaded_after("import kar") == []
     assert _loaded_after("import kar; kar.Project") == ["polars"]  # no torch, feast
+
+
+def test_no_package_exports_a_name_that_is_also_its_submodule() -> None:
+    """A package whose ``__all__`` names a function after one of its submodules breaks once
+    that submodule is imported (Python then binds the package attribute to the module, and
+    ``from kar.features import publish`` returned a module, not the function)."""
+    clashes = []
+    for module, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        exported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                exported |= {
+                    e.value for e in getattr(node.value, "elts", []) if isinstance(e, ast.Constant)
+                }
+        clashes += [f"{module}.{name}" for name in exported if f"{module}.{name}" in MODULES]
+    assert not clashes, f"exported names that are also submodules: {clashes}"

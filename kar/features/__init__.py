@@ -13,9 +13,9 @@ _EXPORTS = {
     "feature_store": "kar.features.repo",
     "apply_repo": "kar.features.repo",
     "update_lineage": "kar.features.repo",
-    "publish": "kar.features.publish",
-    "push_online": "kar.features.publish",
-    "PublishReport": "kar.features.publish",
+    "publish": "kar.features.publishing",
+    "push_online": "kar.features.publishing",
+    "PublishReport": "kar.features.publishing",
     "training_set": "kar.features.offline",
     "OnlineKnowledge": "kar.features.serving",
     "KnowledgeBatch": "kar.features.online",
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     )
     from kar.features.offline import training_set
     from kar.features.online import KnowledgeBatch
-    from kar.features.publish import PublishReport, publish, push_online
+    from kar.features.publishing import PublishReport, publish, push_online
     from kar.features.repo import apply_repo, feature_store, init_feature_repo, update_lineage
     from kar.features.serving import HttpReader, KnowledgeServer, OnlineKnowledge
 

@@ -246,13 +246,13 @@ def publish_feature(
 ) -> Any:
     """Publish vectors (``<entity>_id`` or ``entity_id``, ``vector``) to one declared version.
 
-    Validated like :func:`kar.features.publish` (dimension, NaN/inf, duplicates) before
+    Validated like :func:`kar.features.publishing` (dimension, NaN/inf, duplicates) before
     anything is written; returns its :class:`PublishReport`.
     """
     from datetime import UTC, datetime
 
     from kar.data.schema import to_utc
-    from kar.features.publish import publish_frames
+    from kar.features.publishing import publish_frames
     from kar.features.vectors import prepare_vectors
 
     feature = get_feature(repo, name, version)

@@ -269,7 +269,7 @@ def write_offline(
     Written to a hidden temporary name and renamed, so a kill never leaves half a file
     where the offline store reads.
     """
-    from kar.features.publish import prepare_knowledge
+    from kar.features.publishing import prepare_knowledge
     from kar.features.repo import ITEM_VIEW, USER_VIEW, read_settings
 
     settings = read_settings(repo)
