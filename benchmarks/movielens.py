@@ -62,7 +62,8 @@ def main() -> None:
         "--summary",
         action="store_true",
         help="print last `backbones_above_baseline: N/7 info_gain_mean: X.XX%% "
-        "backbones_improved: N/7 mean_rel_auc_gain: X.XX%%`",
+        "backbones_improved: N/7 mean_rel_auc_gain: X.XX%% ungated_info_gain_mean: X.XX%% "
+        "ungated_shuffled_gain: X.XX%%`",
     )
     parser.add_argument(
         "--generate-only",

@@ -4,6 +4,7 @@ interaction matrix (scikit-learn), then k-means on the normalised factors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -31,6 +32,87 @@ class Clusters:
         return {int(k): list(v) for k, v in grouped.iter_rows()}
 
 
+def _check_arguments(interactions: pl.DataFrame, counts: dict[str, int]) -> None:
+    """``interactions`` has user_id and item_id; every count in ``counts`` is >= 1."""
+    for column in ("user_id", "item_id"):
+        if column not in interactions.columns:
+            raise DataValidationError(
+                f"missing column {column!r}", file="interactions table", field=column
+            )
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass
+class _InteractionMatrix:
+    """The binary user x item matrix, with its sorted row (user) and column (item) ids."""
+
+    users: list[str]
+    items: list[str]
+    rows: np.ndarray  # row of each distinct (user, item) pair
+    cols: np.ndarray
+    matrix: Any  # scipy.sparse.csr_matrix
+
+
+def _interaction_matrix(interactions: pl.DataFrame) -> _InteractionMatrix:
+    from scipy.sparse import csr_matrix
+
+    pairs = interactions.select(
+        pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8)
+    ).unique()
+    if pairs.height == 0:
+        raise DataValidationError("no interactions to cluster", file="interactions table")
+    users = sorted(set(pairs["user_id"].to_list()))
+    items = sorted(set(pairs["item_id"].to_list()))
+    u_index = {u: i for i, u in enumerate(users)}
+    i_index = {it: i for i, it in enumerate(items)}
+    rows = np.fromiter((u_index[u] for u in pairs["user_id"]), np.int64, pairs.height)
+    cols = np.fromiter((i_index[i] for i in pairs["item_id"]), np.int64, pairs.height)
+    matrix = csr_matrix((np.ones(pairs.height), (rows, cols)), shape=(len(users), len(items)))
+    return _InteractionMatrix(users=users, items=items, rows=rows, cols=cols, matrix=matrix)
+
+
+def _factorise(
+    matrix: Any, n_components: int, seed: int
+) -> tuple[int, np.ndarray, np.ndarray, float]:
+    """(components, user factors U·S, item factors V·S, explained variance ratio)."""
+    from sklearn.decomposition import TruncatedSVD
+
+    k = max(1, min(n_components, min(matrix.shape) - 1))
+    if min(matrix.shape) <= 1:  # one user or one item: nothing to factorise
+        return k, matrix.toarray(), matrix.toarray().T, 1.0
+    svd = TruncatedSVD(n_components=k, random_state=seed)
+    user_f = svd.fit_transform(matrix)
+    item_f = svd.components_.T * svd.singular_values_
+    return k, user_f, item_f, float(svd.explained_variance_ratio_.sum())
+
+
+def _assign(ids: list[str], factors: np.ndarray, n: int, kind: str, seed: int) -> pl.DataFrame:
+    """Membership rows of ``ids``: k-means on the L2-normalised ``factors`` (n capped)."""
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import normalize
+
+    n = min(n, len(ids))
+    if n == 1:
+        labels = np.zeros(len(ids), dtype=np.int64)
+    else:
+        km = KMeans(n_clusters=n, n_init=3, random_state=seed)
+        labels = km.fit_predict(normalize(factors))
+    # renumber clusters by first member, so ids do not depend on k-means' label order
+    order: dict[int, int] = {}
+    for label in labels:
+        order.setdefault(int(label), len(order))
+    return pl.DataFrame(
+        {
+            "entity_type": [kind] * len(ids),
+            "entity_id": ids,
+            "cluster": [order[int(x)] for x in labels],
+        },
+        schema=MEMBERSHIP_SCHEMA,
+    )
+
+
 def cluster_entities(
     interactions: pl.DataFrame,
     *,
@@ -46,68 +128,19 @@ def cluster_entities(
     (cluster counts capped at the number of entities). Only entities with interactions
     are clustered; the others (cold-start items, new users) belong to no cluster.
     """
-    from scipy.sparse import csr_matrix
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.preprocessing import normalize
-
-    for column in ("user_id", "item_id"):
-        if column not in interactions.columns:
-            raise DataValidationError(
-                f"missing column {column!r}", file="interactions table", field=column
-            )
-    for name, value in (
-        ("n_components", n_components),
-        ("user_clusters", user_clusters),
-        ("item_clusters", item_clusters),
-    ):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    pairs = interactions.select(
-        pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8)
-    ).unique()
-    if pairs.height == 0:
-        raise DataValidationError("no interactions to cluster", file="interactions table")
-    users = sorted(set(pairs["user_id"].to_list()))
-    items = sorted(set(pairs["item_id"].to_list()))
-    u_index = {u: i for i, u in enumerate(users)}
-    i_index = {it: i for i, it in enumerate(items)}
-    rows = np.fromiter((u_index[u] for u in pairs["user_id"]), np.int64, pairs.height)
-    cols = np.fromiter((i_index[i] for i in pairs["item_id"]), np.int64, pairs.height)
-    matrix = csr_matrix((np.ones(pairs.height), (rows, cols)), shape=(len(users), len(items)))
-
-    k = max(1, min(n_components, min(matrix.shape) - 1))
-    if min(matrix.shape) > 1:
-        svd = TruncatedSVD(n_components=k, random_state=seed)
-        user_f = svd.fit_transform(matrix)
-        item_f = svd.components_.T * svd.singular_values_
-        explained = float(svd.explained_variance_ratio_.sum())
-    else:  # one user or one item: nothing to factorise
-        user_f, item_f = matrix.toarray(), matrix.toarray().T
-        explained = 1.0
-
-    def assign(ids: list[str], factors: np.ndarray, n: int, kind: str) -> pl.DataFrame:
-        n = min(n, len(ids))
-        if n == 1:
-            labels = np.zeros(len(ids), dtype=np.int64)
-        else:
-            km = KMeans(n_clusters=n, n_init=3, random_state=seed)
-            labels = km.fit_predict(normalize(factors))
-        # renumber clusters by first member, so ids do not depend on k-means' label order
-        order: dict[int, int] = {}
-        for label in labels:
-            order.setdefault(int(label), len(order))
-        return pl.DataFrame(
-            {
-                "entity_type": [kind] * len(ids),
-                "entity_id": ids,
-                "cluster": [order[int(x)] for x in labels],
-            },
-            schema=MEMBERSHIP_SCHEMA,
-        )
-
+    counts = {
+        "n_components": n_components,
+        "user_clusters": user_clusters,
+        "item_clusters": item_clusters,
+    }
+    _check_arguments(interactions, counts)
+    m = _interaction_matrix(interactions)
+    k, user_f, item_f, explained = _factorise(m.matrix, n_components, seed)
     membership = pl.concat(
-        [assign(users, user_f, user_clusters, "user"), assign(items, item_f, item_clusters, "item")]
+        [
+            _assign(m.users, user_f, user_clusters, "user", seed),
+            _assign(m.items, item_f, item_clusters, "item", seed),
+        ]
     )
     clustering = stable_hash(
         {
@@ -115,8 +148,8 @@ def cluster_entities(
             "users": user_clusters,
             "items": item_clusters,
             "seed": seed,
-            "ids": stable_hash([users, items]),
-            "pairs": stable_hash(sorted(zip(rows.tolist(), cols.tolist(), strict=True))),
+            "ids": stable_hash([m.users, m.items]),
+            "pairs": stable_hash(sorted(zip(m.rows.tolist(), m.cols.tolist(), strict=True))),
         },
         length=8,
     )

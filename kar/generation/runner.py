@@ -327,6 +327,90 @@ def answer_in_batches(
         yield _answer_batch(batch, backend, params, max_retries, truncated, report)
 
 
+def _unique_prompts(
+    prompts: Sequence[PromptRecord],
+) -> dict[tuple[str, str, str, str], PromptRecord]:
+    """``prompts`` by call key, the first of each; duplicates are logged and dropped."""
+    unique: dict[tuple[str, str, str, str], PromptRecord] = {}
+    for prompt in prompts:
+        unique.setdefault(call_key(prompt), prompt)
+    if len(unique) < len(prompts):
+        log.warning("%d duplicate prompts ignored", len(prompts) - len(unique))
+    return unique
+
+
+def _progress_bar(console: Console, disable: bool) -> Progress:
+    """The rich bar of a generation run (tokens per second beside the count)."""
+    return Progress(
+        TextColumn("[bold]generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+        transient=False,
+    )
+
+
+@dataclass
+class _Saving:
+    """Writes each part of a run to the store as it comes back, and shows progress."""
+
+    store: KnowledgeStore
+    report: GenerationReport
+    console: Console
+    model_name: str
+    progress: bool
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    saved: int = 0
+
+    def run(self, pending: Sequence[PromptRecord], parts: Iterator[list[dict[str, Any]]]) -> None:
+        """Save every part of ``parts`` (answers to ``pending``), each under deferred Ctrl-C."""
+        plain = None
+        if self.progress and not self.console.is_terminal:
+            every = plain_progress_every()
+            plain = PlainProgress(
+                self.console, pending[0].kind, len(pending), self.model_name, every
+            )
+        bar = _progress_bar(self.console, disable=not self.progress or plain is not None)
+        with bar:
+            task = bar.add_task("generate", total=len(pending), rate=0.0)
+            for rows in parts:
+                with _sigint_deferred():  # Ctrl-C now: raised once the batch is saved
+                    self.store.write(rows)
+                    self.saved += len(rows)
+                elapsed = time.perf_counter() - self.start
+                rate = self.report.completion_tokens / max(elapsed, 1e-9)
+                bar.update(task, advance=len(rows), rate=rate)
+                if plain is not None:
+                    plain.update(self.saved, self.report.completion_tokens)
+
+    def interrupted(
+        self, exc: KeyboardInterrupt, pending: Sequence[PromptRecord], done: int
+    ) -> GenerationInterrupted:
+        """Save the answers a :class:`PartialAnswers` brings back; the error to raise."""
+        finished = getattr(exc, "rows", [])  # a PartialAnswers: the answers that came back
+        with suppress(KeyboardInterrupt), _sigint_deferred():  # pressed again: stopping anyway
+            self.store.write(finished)
+            self.saved += len(finished)
+        kinds = {p.kind for p in pending}
+        kind = f"{kinds.pop()} " if len(kinds) == 1 else ""
+        message = (
+            f"{self.saved} {kind}answers saved in this run "
+            f"({done + self.saved} of {self.report.total} {kind}prompts done)"
+        )
+        log.info("interrupted: %s; rerun to resume", message)
+        return GenerationInterrupted(message)
+
+    def finish(self) -> None:
+        """Set the report's wall time and throughput."""
+        report = self.report
+        report.seconds = time.perf_counter() - self.start
+        report.tokens_per_s = report.completion_tokens / report.seconds if report.seconds else 0.0
+
+
 def generate_knowledge(
     prompts: Sequence[PromptRecord],
     backend: GenerationBackend,
@@ -359,11 +443,7 @@ def generate_knowledge(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-    unique: dict[tuple[str, str, str, str], PromptRecord] = {}
-    for prompt in prompts:
-        unique.setdefault(call_key(prompt), prompt)
-    if len(unique) < len(prompts):
-        log.warning("%d duplicate prompts ignored", len(prompts) - len(unique))
+    unique = _unique_prompts(prompts)
     report = GenerationReport(total=len(unique))
     console = Console(stderr=True)
     done = store.done_keys(unique.values(), backend.model_name, params.key())
@@ -383,58 +463,17 @@ def generate_knowledge(
         len(pending),
         backend.model_name,
     )
-    saved = 0
-    start = time.perf_counter()
-    plain = None
-    if progress and not console.is_terminal:
-        kind = pending[0].kind
-        plain = PlainProgress(
-            console, kind, len(pending), backend.model_name, plain_progress_every()
-        )
-    bar = Progress(
-        TextColumn("[bold]generating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress or plain is not None,
-        transient=False,
-    )
+    saving = _Saving(store, report, console, backend.model_name, progress)
     try:
-        with bar:
-            task = bar.add_task("generate", total=len(pending), rate=0.0)
-            parts = _answered(pending, backend, params, batch_size, max_retries, truncated, report)
-            for rows in parts:
-                with _sigint_deferred():  # Ctrl-C now: raised once the batch is saved
-                    store.write(rows)
-                    saved += len(rows)
-                elapsed = time.perf_counter() - start
-                bar.update(
-                    task, advance=len(rows), rate=report.completion_tokens / max(elapsed, 1e-9)
-                )
-                if plain is not None:
-                    plain.update(saved, report.completion_tokens)
+        parts = _answered(pending, backend, params, batch_size, max_retries, truncated, report)
+        saving.run(pending, parts)
     except KeyboardInterrupt as exc:
-        finished = getattr(exc, "rows", [])  # a PartialAnswers: the answers that came back
-        with suppress(KeyboardInterrupt), _sigint_deferred():  # pressed again: stopping anyway
-            store.write(finished)
-            saved += len(finished)
-        kinds = {p.kind for p in pending}
-        kind = f"{kinds.pop()} " if len(kinds) == 1 else ""
-        message = (
-            f"{saved} {kind}answers saved in this run "
-            f"({len(done) + saved} of {report.total} {kind}prompts done)"
-        )
-        log.info("interrupted: %s; rerun to resume", message)
-        raise GenerationInterrupted(message) from None
+        raise saving.interrupted(exc, pending, len(done)) from None
     except KarError as exc:
-        log.error("%s; %d answers saved in this run, rerun to resume", exc, saved)
+        log.error("%s; %d answers saved in this run, rerun to resume", exc, saving.saved)
         raise
     finally:
-        report.seconds = time.perf_counter() - start
-        report.tokens_per_s = report.completion_tokens / report.seconds if report.seconds else 0.0
+        saving.finish()
     log.info(report.summary())
     if progress:
         console.print(report.summary())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,6 +105,186 @@ def _gather(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(rows.shape, dtype=np.int64)
     return np.where(rows >= 0, values[np.clip(rows, 0, None)], 0).astype(np.int64)
+
+
+def _sample_frames(split: Split) -> dict[str, pl.DataFrame]:
+    """history + every split, validated and narrowed to :data:`SAMPLE_COLUMNS` (label Int8)."""
+    frames = {"history": split.history, **{s: getattr(split, s) for s in SPLITS}}
+    for name, frame in frames.items():
+        missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise DataValidationError(f"split.{name} lacks column", field=missing[0])
+        if frame["label"].null_count():
+            row = int(frame["label"].is_null().arg_true()[0]) + 1
+            raise DataValidationError(f"split.{name} has a null label", row=row, field="label")
+    return {k: v.select(SAMPLE_COLUMNS).cast({"label": pl.Int8}) for k, v in frames.items()}
+
+
+@dataclass
+class _UserAttributes:
+    """Every str column of the users table besides user_id, as indices per user."""
+
+    names: list[str]
+    sizes: list[int]  # cardinality incl. index 0
+    table: pl.DataFrame  # user_id, one index column per name
+
+
+def _user_attributes(users: pl.DataFrame) -> _UserAttributes:
+    names = [c for c in users.columns if c != "user_id"]
+    table = users.select("user_id")
+    sizes = []
+    for col in names:
+        vocab = _vocab(users[col].cast(pl.Utf8), col)
+        table = table.with_columns(
+            _lookup(users.with_columns(pl.col(col).cast(pl.Utf8)), col, vocab, col)
+        )
+        sizes.append(vocab.height + 1)
+    return _UserAttributes(names=names, sizes=sizes, table=table)
+
+
+@dataclass
+class _ItemAttributes:
+    """Decade of year, top-K creator and padded genre list per item."""
+
+    table: pl.DataFrame  # item_id, year_bucket, creator, _row (into genre_pad)
+    genre_pad: np.ndarray  # (n_items, max_genres)
+    sizes: list[int]  # year_bucket, creator cardinality incl. index 0
+    n_genres: int  # incl. padding 0
+
+    @property
+    def max_genres(self) -> int:
+        return int(self.genre_pad.shape[1])
+
+
+def _genre_matrix(items: pl.DataFrame, genre_vocab: pl.DataFrame) -> np.ndarray:
+    """(n_items, max_genres) genre indices per item row, 0-padded."""
+    max_genres = max(int(items["genres"].list.len().max() or 0), 1)
+    genre_lists = (
+        items.select("item_id", pl.col("genres").alias("genre"))
+        .with_row_index("_r")
+        .explode("genre")
+        .join(genre_vocab, on="genre", how="left", maintain_order="left")
+        .group_by("_r", maintain_order=True)
+        .agg(pl.col("genre_idx").fill_null(0))
+    )
+    genre_pad = np.zeros((items.height, max_genres), dtype=np.int64)
+    for r, idxs in zip(
+        genre_lists["_r"].to_list(), genre_lists["genre_idx"].to_list(), strict=True
+    ):
+        genre_pad[r, : len(idxs)] = idxs
+    return genre_pad
+
+
+def _item_attributes(items: pl.DataFrame, top_creators: int) -> _ItemAttributes:
+    it = items.with_columns((pl.col("year") // 10 * 10).cast(pl.Utf8).alias("year_bucket"))
+    creators = (
+        it["creator"].drop_nulls().value_counts(sort=True).head(top_creators)["creator"].sort()
+    )
+    creator_vocab = pl.DataFrame(
+        {"creator": creators, "creator_idx": np.arange(1, len(creators) + 1)}
+    )
+    year_vocab = _vocab(it["year_bucket"], "year_bucket")
+    genre_vocab = _vocab(it["genres"].explode(), "genre")
+    table = pl.DataFrame(
+        {
+            "item_id": it["item_id"],
+            "year_bucket": _lookup(it, "year_bucket", year_vocab, "year_bucket"),
+            "creator": _lookup(it, "creator", creator_vocab, "creator"),
+            "_row": np.arange(it.height, dtype=np.int64),
+        }
+    )
+    return _ItemAttributes(
+        table=table,
+        genre_pad=_genre_matrix(it, genre_vocab),
+        sizes=[year_vocab.height + 1, creator_vocab.height + 1],
+        n_genres=genre_vocab.height + 1,
+    )
+
+
+def _standard_counters(
+    events: pl.DataFrame, frames: dict[str, pl.DataFrame]
+) -> dict[str, np.ndarray]:
+    """Point-in-time counters per split, standardised on train (float32)."""
+    prior = float(frames["train"]["label"].cast(pl.Float64).mean() or 0.5)
+    counters = {s: counter_matrix(events, frames[s], prior) for s in SPLITS}
+    width = len(COUNTER_NAMES)
+    c_mean = counters["train"].mean(0) if len(counters["train"]) else np.zeros(width)
+    c_std = counters["train"].std(0) if len(counters["train"]) else np.ones(width)
+    c_std = np.where(c_std > 1e-6, c_std, 1.0)
+    return {s: ((c - c_mean) / c_std).astype(np.float32) for s, c in counters.items()}
+
+
+def _fit_count(frame: pl.DataFrame, key: str, table: pl.DataFrame) -> np.ndarray:
+    """Per row of ``frame``: ``table``'s count (``_n``) for its ``key``, 0 when absent."""
+    joined = frame.select(key).join(table, on=key, how="left", maintain_order="left")
+    return joined["_n"].fill_null(0).to_numpy().astype(np.int64)
+
+
+@dataclass
+class _Indexer:
+    """What indexing one split needs: vocabularies, attributes, events and counters."""
+
+    users: pl.DataFrame
+    items: pl.DataFrame
+    k_users: pl.DataFrame
+    k_items: pl.DataFrame
+    user_attrs: _UserAttributes
+    item_attrs: _ItemAttributes
+    events: pl.DataFrame  # every interaction, sorted by user, timestamp
+    counters: dict[str, np.ndarray]  # split -> standardised counters
+    history_len: int
+
+    @cached_property
+    def event_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per event: item index, knowledge item index, label + 1 (1 not clicked, 2 clicked)."""
+        items = _lookup(self.events, "item_id", self.items, "item_idx").to_numpy()
+        items_k = _lookup(self.events, "item_id", self.k_items, "item_k").to_numpy()
+        labels = self.events["label"].to_numpy().astype(np.int64) + 1
+        return items, items_k, labels
+
+    def attribute_arrays(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+        """user_attrs, item_attrs and genres for each row of ``frame``."""
+        ua = frame.select("user_id").join(
+            self.user_attrs.table, on="user_id", how="left", maintain_order="left"
+        )
+        ia = frame.select("item_id").join(
+            self.item_attrs.table, on="item_id", how="left", maintain_order="left"
+        )
+        item_rows = ia["_row"].fill_null(-1).to_numpy()
+        known = item_rows >= 0
+        genres = np.zeros((frame.height, self.item_attrs.max_genres), dtype=np.int64)
+        genres[known] = self.item_attrs.genre_pad[item_rows[known]]
+        names = self.user_attrs.names
+        return {
+            "user_attrs": (
+                ua.select(names).fill_null(0).to_numpy().astype(np.int64)
+                if names
+                else np.zeros((frame.height, 0), dtype=np.int64)
+            ),
+            "item_attrs": ia.select("year_bucket", "creator")
+            .fill_null(0)
+            .to_numpy()
+            .astype(np.int64),
+            "genres": genres,
+        }
+
+    def split_arrays(self, name: str, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Every model input of split ``name`` (rows of ``frame``), C-contiguous and writable."""
+        event_items, event_items_k, event_labels = self.event_columns
+        seq = behaviour_sequences(self.events, frame, self.history_len)
+        arrays = {
+            "user": _lookup(frame, "user_id", self.users, "user").to_numpy(),
+            "item": _lookup(frame, "item_id", self.items, "item").to_numpy(),
+            "user_k": _lookup(frame, "user_id", self.k_users, "user_k").to_numpy(),
+            "item_k": _lookup(frame, "item_id", self.k_items, "item_k").to_numpy(),
+            **self.attribute_arrays(frame),
+            "history": _gather(event_items, seq),
+            "history_k": _gather(event_items_k, seq),
+            "history_label": _gather(event_labels, seq),
+            "counters": self.counters[name],
+            "label": frame["label"].to_numpy().astype(np.float32),
+        }
+        return {k: np.require(v, requirements=["C", "W"]) for k, v in arrays.items()}
 
 
 @dataclass
@@ -241,140 +422,39 @@ class CTRFeatures:
             raise ValueError("history_len must be >= 1")
         if (knowledge_users is None) != (knowledge_items is None):
             raise ValueError("give both knowledge_users and knowledge_items, or neither")
-        frames = {"history": split.history, **{s: getattr(split, s) for s in SPLITS}}
-        for name, frame in frames.items():
-            missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
-            if missing:
-                raise DataValidationError(f"split.{name} lacks column", field=missing[0])
-            if frame["label"].null_count():
-                row = int(frame["label"].is_null().arg_true()[0]) + 1
-                raise DataValidationError(f"split.{name} has a null label", row=row, field="label")
-        frames = {k: v.select(SAMPLE_COLUMNS).cast({"label": pl.Int8}) for k, v in frames.items()}
+        frames = _sample_frames(split)
         fit = pl.concat([frames["history"], frames["train"]])
-        users = _vocab(fit["user_id"], "user_id")
-        items = _vocab(fit["item_id"], "item_id")
         all_events = pl.concat(frames.values())
-        k_users = _vocab(pl.concat([ds.users["user_id"], all_events["user_id"]]), "user_id")
-        k_items = _vocab(pl.concat([ds.items["item_id"], all_events["item_id"]]), "item_id")
-
-        # user attributes: every str column of the users table besides user_id
-        user_attr_names = [c for c in ds.users.columns if c != "user_id"]
-        user_table = ds.users.select("user_id")
-        user_attr_sizes = []
-        for col in user_attr_names:
-            vocab = _vocab(ds.users[col].cast(pl.Utf8), col)
-            user_table = user_table.with_columns(
-                _lookup(ds.users.with_columns(pl.col(col).cast(pl.Utf8)), col, vocab, col)
-            )
-            user_attr_sizes.append(vocab.height + 1)
-
-        # item attributes: decade of year, top-K creator, genre list
-        it = ds.items
-        decade = (pl.col("year") // 10 * 10).cast(pl.Utf8).alias("year_bucket")
-        it = it.with_columns(decade)
-        creators = (
-            it["creator"].drop_nulls().value_counts(sort=True).head(top_creators)["creator"].sort()
-        )
-        creator_vocab = pl.DataFrame(
-            {"creator": creators, "creator_idx": np.arange(1, len(creators) + 1)}
-        )
-        year_vocab = _vocab(it["year_bucket"], "year_bucket")
-        genre_vocab = _vocab(it["genres"].explode(), "genre")
-        max_genres = max(int(it["genres"].list.len().max() or 0), 1)
-        genre_lists = (
-            it.select("item_id", pl.col("genres").alias("genre"))
-            .with_row_index("_r")
-            .explode("genre")
-            .join(genre_vocab, on="genre", how="left", maintain_order="left")
-            .group_by("_r", maintain_order=True)
-            .agg(pl.col("genre_idx").fill_null(0))
-        )
-        genre_pad = np.zeros((it.height, max_genres), dtype=np.int64)
-        for r, idxs in zip(
-            genre_lists["_r"].to_list(), genre_lists["genre_idx"].to_list(), strict=True
-        ):
-            genre_pad[r, : len(idxs)] = idxs
-        item_table = pl.DataFrame(
-            {
-                "item_id": it["item_id"],
-                "year_bucket": _lookup(it, "year_bucket", year_vocab, "year_bucket"),
-                "creator": _lookup(it, "creator", creator_vocab, "creator"),
-                "_row": np.arange(it.height, dtype=np.int64),
-            }
-        )
-
         events = pl.concat([frames[k] for k in ("history", *SPLITS)]).sort(
             "user_id", "timestamp", maintain_order=True
         )
-        event_items = _lookup(events, "item_id", items, "item_idx").to_numpy()
-        event_items_k = _lookup(events, "item_id", k_items, "item_k").to_numpy()
-        event_labels = events["label"].to_numpy().astype(np.int64) + 1  # 1 not clicked, 2 clicked
-
-        prior = float(frames["train"]["label"].cast(pl.Float64).mean() or 0.5)
-        counters = {s: counter_matrix(events, frames[s], prior) for s in SPLITS}
-        width = len(COUNTER_NAMES)
-        c_mean = counters["train"].mean(0) if len(counters["train"]) else np.zeros(width)
-        c_std = counters["train"].std(0) if len(counters["train"]) else np.ones(width)
-        c_std = np.where(c_std > 1e-6, c_std, 1.0)
-        fit_user_n = fit.group_by("user_id").len("_n")
-        fit_item_n = fit.group_by("item_id").len("_n")
-
-        def fit_count(frame: pl.DataFrame, key: str, table: pl.DataFrame) -> np.ndarray:
-            joined = frame.select(key).join(table, on=key, how="left", maintain_order="left")
-            return joined["_n"].fill_null(0).to_numpy().astype(np.int64)
-
-        arrays: dict[str, dict[str, np.ndarray]] = {}
-        fit_counts: dict[str, dict[str, np.ndarray]] = {}
-        for s in SPLITS:
-            frame = frames[s]
-            ua = frame.select("user_id").join(
-                user_table, on="user_id", how="left", maintain_order="left"
-            )
-            ia = frame.select("item_id").join(
-                item_table, on="item_id", how="left", maintain_order="left"
-            )
-            item_rows = ia["_row"].fill_null(-1).to_numpy()
-            known = item_rows >= 0
-            genres = np.zeros((frame.height, max_genres), dtype=np.int64)
-            genres[known] = genre_pad[item_rows[known]]
-            seq = behaviour_sequences(events, frame, history_len)
-            arrays[s] = {
-                "user": _lookup(frame, "user_id", users, "user").to_numpy(),
-                "item": _lookup(frame, "item_id", items, "item").to_numpy(),
-                "user_k": _lookup(frame, "user_id", k_users, "user_k").to_numpy(),
-                "item_k": _lookup(frame, "item_id", k_items, "item_k").to_numpy(),
-                "user_attrs": (
-                    ua.select(user_attr_names).fill_null(0).to_numpy().astype(np.int64)
-                    if user_attr_names
-                    else np.zeros((frame.height, 0), dtype=np.int64)
-                ),
-                "item_attrs": ia.select("year_bucket", "creator")
-                .fill_null(0)
-                .to_numpy()
-                .astype(np.int64),
-                "genres": genres,
-                "history": _gather(event_items, seq),
-                "history_k": _gather(event_items_k, seq),
-                "history_label": _gather(event_labels, seq),
-                "counters": ((counters[s] - c_mean) / c_std).astype(np.float32),
-                "label": frame["label"].to_numpy().astype(np.float32),
-            }
-            fit_counts[s] = {
-                "user": fit_count(frame, "user_id", fit_user_n),
-                "item": fit_count(frame, "item_id", fit_item_n),
-            }
-            arrays[s] = {k: np.require(v, requirements=["C", "W"]) for k, v in arrays[s].items()}
-
+        indexer = _Indexer(
+            users=_vocab(fit["user_id"], "user_id"),
+            items=_vocab(fit["item_id"], "item_id"),
+            k_users=_vocab(pl.concat([ds.users["user_id"], all_events["user_id"]]), "user_id"),
+            k_items=_vocab(pl.concat([ds.items["item_id"], all_events["item_id"]]), "item_id"),
+            user_attrs=_user_attributes(ds.users),
+            item_attrs=_item_attributes(ds.items, top_creators),
+            events=events,
+            counters=_standard_counters(events, frames),
+            history_len=history_len,
+        )
+        fit_n = {key: fit.group_by(f"{key}_id").len("_n") for key in ("user", "item")}
+        arrays = {s: indexer.split_arrays(s, frames[s]) for s in SPLITS}
+        fit_counts = {
+            s: {key: _fit_count(frames[s], f"{key}_id", fit_n[key]) for key in ("user", "item")}
+            for s in SPLITS
+        }
         out = cls(
-            users=users,
-            items=items,
-            knowledge_users=k_users,
-            knowledge_items=k_items,
-            user_attr_names=user_attr_names,
-            user_attr_sizes=user_attr_sizes,
+            users=indexer.users,
+            items=indexer.items,
+            knowledge_users=indexer.k_users,
+            knowledge_items=indexer.k_items,
+            user_attr_names=indexer.user_attrs.names,
+            user_attr_sizes=indexer.user_attrs.sizes,
             item_attr_names=["year_bucket", "creator"],
-            item_attr_sizes=[year_vocab.height + 1, creator_vocab.height + 1],
-            n_genres=genre_vocab.height + 1,
+            item_attr_sizes=indexer.item_attrs.sizes,
+            n_genres=indexer.item_attrs.n_genres,
             history_len=history_len,
             arrays=arrays,
             samples={s: frames[s] for s in SPLITS},

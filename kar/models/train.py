@@ -344,6 +344,47 @@ def is_better(score: tuple[float, float], best: tuple[float, float] | None) -> b
     return score[1] < best[1]
 
 
+def _starting_point(
+    model: CTRModel,
+    backbone: str,
+    train: dict[str, torch.Tensor],
+    init_state: Mapping[str, torch.Tensor] | None,
+) -> None:
+    """Warm-start ``model`` from ``init_state`` (knowledge parameters may be missing from it),
+    or without one fit the wide term on the train counters."""
+    if init_state is None:
+        fit_wide_term(model, train)
+        return
+    missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
+    foreign = [k for k in missing if not _is_knowledge_parameter(k)] + list(unexpected)
+    if foreign:
+        raise ConfigError(
+            f"cannot warm-start {backbone} from a model with other parameters: {foreign[:3]}"
+        )
+
+
+def _gated_best(
+    model: CTRModel,
+    selection: EpochSelection,
+    knowledge: dict[str, Any],
+    fallback_state: Mapping[str, torch.Tensor] | None,
+    valid: dict[str, torch.Tensor],
+    knowledge_gate: float,
+    seed: int,
+) -> tuple[tuple[float, float], int, bool | None]:
+    """(valid AUC, LogLoss), best epoch and whether the gate is open (None: no gate); a
+    closed gate leaves ``model`` as the fallback model (epoch 0)."""
+    best, best_epoch = selection.best, selection.best_epoch
+    if fallback_state is None or model.adaptor is None:
+        return best, best_epoch, None
+    same = best_epoch == selection.trained_epoch  # the selected model is the trained one
+    win = knowledge.get("gate_probability") if same else None
+    gate_open = _gate(model, fallback_state, valid, knowledge_gate, seed, win)
+    if not gate_open:
+        best, best_epoch = evaluate(model, valid), 0
+    return best, best_epoch, gate_open
+
+
 def train_ctr(
     features: CTRFeatures,
     backbone: str,
@@ -382,15 +423,7 @@ def train_ctr(
     n = len(train["label"])
     if n == 0:
         raise ConfigError("the train split is empty")
-    if init_state is not None:
-        missing, unexpected = model.load_state_dict(dict(init_state), strict=False)
-        foreign = [k for k in missing if not _is_knowledge_parameter(k)] + list(unexpected)
-        if foreign:
-            raise ConfigError(
-                f"cannot warm-start {backbone} from a model with other parameters: {foreign[:3]}"
-            )
-    else:
-        fit_wide_term(model, train)
+    _starting_point(model, backbone, train, init_state)
     # the starting point is epoch 0 of the selection on validation
     selection = EpochSelection.start(model, evaluate(model, valid))
     start = time.perf_counter()
@@ -403,14 +436,9 @@ def train_ctr(
             model, selection, features, fallback_state, seed, evaluate_test
         )
         model.load_state_dict(selection.best_state)
-    best, best_epoch = selection.best, selection.best_epoch
-    gate_open = None
-    if fallback_state is not None and model.adaptor is not None:
-        same = best_epoch == selection.trained_epoch  # the selected model is the trained one
-        win = knowledge.get("gate_probability") if same else None
-        gate_open = _gate(model, fallback_state, valid, config.knowledge_gate, seed, win)
-        if not gate_open:
-            best, best_epoch = evaluate(model, valid), 0
+    best, best_epoch, gate_open = _gated_best(
+        model, selection, knowledge, fallback_state, valid, config.knowledge_gate, seed
+    )
     test_auc, test_logloss = (
         evaluate(model, features.tensors("test")) if evaluate_test else (math.nan, math.nan)
     )
