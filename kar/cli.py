@@ -306,7 +306,6 @@ def _quickstart_stages(project: Project) -> None:
     import json
 
     from kar.features import list_knowledge_views
-    from kar.pipeline import TIMINGS_FILE
 
     console.rule("2/6 generate: the LLM reasons about users and states item facts")
     _print_generation(project.generate())
@@ -331,7 +330,7 @@ def _quickstart_stages(project: Project) -> None:
     report = project.evaluate()
     console.print(report.markdown.read_text(), markup=False)
     console.print(f"plot: {report.plot}")
-    timings = json.loads((project.folder.artifacts / TIMINGS_FILE).read_text())
+    timings = json.loads(project.folder.timings_path.read_text())
     last = {stage: t["last_s"] if isinstance(t, dict) else t for stage, t in timings.items()}
     console.print("wall time per stage (s): " + json.dumps(last))
 

@@ -8,232 +8,44 @@ own artifacts, so the CLI commands can run one at a time or all together
 from __future__ import annotations
 
 import json
-import shutil
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kar.data.demo import DEMO_USERS
-from kar.errors import ConfigError, DataValidationError, KarError
-from kar.project import CONFIG_FILE, GenerationSettings, ProjectFolder, ProjectSettings
-from kar.resources import bundled_dir
+from kar.errors import ConfigError, KarError
+
+# `name as name`: re-exported, so kar.pipeline keeps every name it had (artifact file names,
+# project creation, data loading, the generation estimate)
+from kar.estimate import DEFAULT_RATE as DEFAULT_RATE
+from kar.estimate import DEFAULT_RATES as DEFAULT_RATES
+from kar.estimate import KindEstimate as KindEstimate
+from kar.estimate import engine_name as engine_name
+from kar.estimate import kind_estimate, measured_rates, record_rate
+from kar.project import EVALUATE_RUNS as EVALUATE_RUNS
+from kar.project import RATES_FILE as RATES_FILE
+from kar.project import TIMINGS_FILE as TIMINGS_FILE
+from kar.project import ProjectFolder
+from kar.project_data import import_knowledge as import_knowledge
+from kar.project_data import load_data, load_scenario
+from kar.project_data import time_split as time_split
+from kar.project_init import init_project as init_project
+from kar.project_init import init_table_project as init_table_project
+from kar.timings import timed_stage
 
 if TYPE_CHECKING:
     import polars as pl
 
     from kar.adaptor import AdaptorConfig
-    from kar.data.inspect import TableProposal
     from kar.data.schema import Dataset, Split
     from kar.encoding import EntityVectors, TextEncoder
     from kar.features.publishing import PublishReport
     from kar.generation import GenerationReport, KnowledgeStore
-    from kar.generation.imports import ImportReport
     from kar.models.inputs import CTRFeatures
     from kar.models.train import TrainResult
     from kar.prompts import Scenario
     from kar.records import PromptRecord, SamplingParams
-
-TIMINGS_FILE = "timings.json"
-
-
-@contextmanager
-def timed_stage(project: ProjectFolder, stage: str) -> Iterator[None]:
-    """Add the wall time of a stage run, finished, interrupted or failed, to
-    ``artifacts/timings.json``: per stage ``{"total_s", "last_s", "runs"}`` (a resumed
-    stage's total counts every run)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        _add_timing(project.artifacts / TIMINGS_FILE, stage, time.perf_counter() - start)
-
-
-def _add_timing(path: Path, stage: str, seconds: float) -> None:
-    """Add one run of ``stage`` to the timings file (an older file's bare number counts as
-    one run of that many seconds; an unreadable file starts again), replaced whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        timings = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        timings = {}
-    old = timings.get(stage)
-    if isinstance(old, int | float):
-        old = {"total_s": old, "last_s": old, "runs": 1}
-    old = old or {"total_s": 0.0, "runs": 0}
-    timings[stage] = {
-        "total_s": round(old["total_s"] + seconds, 2),
-        "last_s": round(seconds, 2),
-        "runs": old["runs"] + 1,
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings, indent=2))
-    tmp.replace(path)
-
-
-def init_project(
-    dest: Path,
-    *,
-    n_users: int = DEMO_USERS,
-    seed: int = 0,
-    force: bool = False,
-    demo: str = "standard",
-) -> ProjectFolder:
-    """Create a project: demo dataset, scenarios, adaptor configs and a Feast repository.
-
-    ``demo``: ``standard``; ``grounded`` (items.csv gains a ``description``: each film's
-    hidden traits in words, quoted into the item-fact prompt); ``oracle`` (the same texts
-    also imported as the item knowledge, so the LLM answers only the user questions). Both
-    variants are ORACLES: the texts state what the simulation hides (docs/data.md).
-    """
-    from kar.data import write_demo_dataset
-    from kar.data.texts import DEMO_VARIANTS, write_demo_variant
-    from kar.features import init_feature_repo
-    from kar.features.engines import sync_batch_engine
-
-    dest = Path(dest)
-    if demo not in DEMO_VARIANTS:
-        raise ConfigError(f"demo variant {demo!r}: expected one of {', '.join(DEMO_VARIANTS)}")
-    if (dest / CONFIG_FILE).exists() and not force:
-        raise KarError(f"{dest / CONFIG_FILE} already exists (use --force to overwrite)")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("prompts", "experts"):
-        shutil.copytree(bundled_dir(name), dest / name, dirs_exist_ok=True)
-    write_demo_dataset(dest / "data", n_users=n_users, seed=seed)
-    oracle_texts = write_demo_variant(dest / "data", demo)
-    settings = ProjectSettings()
-    if demo != "standard":
-        settings.name = f"kar-demo-{demo}"
-    # the demo is small (about 3,600 train rows): smaller batches, and each backbone's
-    # learning rate and embedding weight decay chosen on validation (cheap at this size)
-    settings.training.tune = True
-    settings.training.backbone_configs = {"default": {"batch_size": 128}}
-    project = ProjectFolder(dest, settings)
-    fs = project.settings.features
-    init_feature_repo(
-        project.feature_repo, project=fs.project, online_store=fs.online_store, registry=fs.registry
-    )
-    sync_batch_engine(project.feature_repo, fs)
-    project.save()
-    if oracle_texts is not None:
-        # the sentences name genres and decade themselves: without the title line the
-        # encoder's vector is about the traits (docs/data.md)
-        import_knowledge(project, oracle_texts.resolve(), source="demo-oracle", context=False)
-    return project
-
-
-def _data_path(file: Path, dest: Path) -> str:
-    """How kar.yaml names a data file: relative inside the project folder, else absolute."""
-    file = file.resolve()
-    return str(file.relative_to(dest)) if file.is_relative_to(dest) else str(file)
-
-
-def init_table_project(
-    dest: Path,
-    interactions: str | Path,
-    items: str | Path | None = None,
-    users: str | Path | None = None,
-    *,
-    item_noun: str = "item",
-    mapping: dict[str, str] | None = None,
-    factors: list[str] | None = None,
-    force: bool = False,
-) -> tuple[ProjectFolder, TableProposal, tuple[Dataset, Split]]:
-    """A project over your own tables (``kar init DIR --interactions FILE``): the column
-    mapping proposed from the headers and values (``mapping`` overrides a guess), kar.yaml
-    named after the folder, a scenario scaffold ``prompts/<name>.yaml`` for ``item_noun``,
-    adaptor configs and a Feast repository; then the data is validated once. No demo files.
-    """
-    from kar.data.inspect import (
-        feast_project_name,
-        propose_mapping,
-        scenario_name,
-        scenario_scaffold,
-    )
-    from kar.features import init_feature_repo
-    from kar.features.engines import sync_batch_engine
-    from kar.project import DatasetSettings
-
-    dest = Path(dest).resolve()
-    if (dest / CONFIG_FILE).exists() and not force:
-        raise KarError(f"{dest / CONFIG_FILE} already exists (use --force to overwrite)")
-    proposal = propose_mapping(interactions, items, users, mapping)
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(bundled_dir("experts"), dest / "experts", dirs_exist_ok=True)
-    scenario = scenario_name(dest.name)
-    (dest / "prompts").mkdir(exist_ok=True)
-    (dest / "prompts" / f"{scenario}.yaml").write_text(
-        scenario_scaffold(
-            scenario,
-            item_noun,
-            factors=factors,
-            user_attributes=proposal.user_attributes,
-            item_text_columns=proposal.item_text_columns,
-            rating_max=proposal.rating_max,
-        ),
-        encoding="utf-8",
-    )
-    files = {"interactions": proposal.interactions, "items": proposal.items,
-             "users": proposal.users}  # fmt: skip
-    paths = {k: _data_path(v, dest) for k, v in files.items() if v is not None}
-    settings = ProjectSettings(name=dest.name, scenario=scenario)
-    settings.dataset = DatasetSettings.model_validate(proposal.dataset_settings(paths))
-    settings.features.project = feast_project_name(dest.name)
-    project = ProjectFolder(dest, settings)
-    fs = settings.features
-    init_feature_repo(
-        project.feature_repo, project=fs.project, online_store=fs.online_store,
-        registry=fs.registry, overwrite=force,
-    )  # fmt: skip
-    sync_batch_engine(project.feature_repo, fs)
-    project.save()
-    return project, proposal, load_data(project)
-
-
-def load_data(project: ProjectFolder) -> tuple[Dataset, Split]:
-    """Load and validate the project's dataset (the loader ``dataset.kind`` names in
-    :data:`kar.plugins.DATASET_KINDS`, or a dotted path) and split it by time (KAR's protocol)."""
-    from kar.plugins import DATASET_KINDS
-
-    ds_cfg = project.settings.dataset
-    dataset = DATASET_KINDS.load(ds_cfg.kind)(project)
-    missing = [c for c in ds_cfg.item_text_columns or [] if c not in dataset.items.columns]
-    if missing:
-        raise DataValidationError(
-            f"kar.yaml dataset.item_text_columns names a column the items table lacks; "
-            f"columns found: {dataset.items.columns}",
-            file=str(dataset.meta.get("files", {}).get("items") or "items table"),
-            field=missing[0],
-        )
-    return dataset, time_split(project, dataset)
-
-
-def time_split(project: ProjectFolder, dataset: Dataset) -> Split:
-    """``dataset`` split by time with kar.yaml's ``split`` settings (KAR's protocol)."""
-    from kar.data import make_time_split
-
-    sp = project.settings.split
-    return make_time_split(
-        dataset,
-        history_cap=sp.history_cap,
-        history_fraction=sp.history_fraction,
-        valid_fraction=sp.valid_fraction,
-        test_fraction=sp.test_fraction,
-    )
-
-
-def load_scenario(project: ProjectFolder) -> Scenario:
-    """The scenario kar.yaml names (the project's prompts/ first, then the bundled ones)."""
-    from kar.prompts import Scenario
-
-    scenario = Scenario.load(project.settings.scenario, search_dirs=project.prompt_dirs)
-    columns = project.settings.dataset.item_text_columns
-    if columns is not None:  # kar.yaml names the grounding columns
-        scenario = scenario.model_copy(update={"item_text_columns": list(columns)})
-    return scenario
 
 
 @dataclass(frozen=True)
@@ -394,71 +206,6 @@ def run_generate(
         return answer_prompts(project, prompts, store=store, scenario=scenario, progress=progress)
 
 
-RATES_FILE = "generation_rates.json"
-# tokens/s per kind when this machine has not measured the configured model yet: the
-# quickstart's on a 2-core CPU (transformers, SmolLM2, batch 16; DESIGN.md), else a guess
-DEFAULT_RATES = {
-    "transformers": {"user_preference": 36.0, "item_fact": 73.0},
-    "vllm": {"user_preference": 150.0, "item_fact": 250.0},
-}
-DEFAULT_RATE = 300.0  # openai / ray: a server or a cluster
-
-
-class KindEstimate(NamedTuple):
-    """What ``kar generate`` would do for one knowledge kind, before the LLM loads."""
-
-    kind: str
-    prompts: int  # selected
-    pending: int  # not answered yet (nor imported)
-    tokens: int  # expected new tokens
-    tokens_per_s: float
-    measured: bool  # the rate was measured on this machine for this model
-
-    @property
-    def seconds(self) -> float:
-        return self.tokens / self.tokens_per_s if self.tokens_per_s else 0.0
-
-    def line(self) -> str:
-        source = "measured here" if self.measured else "a default, not measured here yet"
-        minutes = self.seconds / 60
-        return (
-            f"{self.kind}: {self.pending:,} of {self.prompts:,} prompts to answer, "
-            f"~{self.tokens:,} tokens at {self.tokens_per_s:.0f} tok/s ({source}): "
-            f"~{minutes:.1f} min"
-        )
-
-
-def _rates(project: ProjectFolder) -> dict[str, dict[str, object]]:
-    path = project.artifacts / RATES_FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        return {}
-
-
-def record_rate(project: ProjectFolder, kind: str, model: str, report: GenerationReport) -> None:
-    """Keep a run's measured tokens/s and tokens per answer (``kar generate --estimate``)."""
-    answers = report.answered_ok + report.flagged
-    if not answers or report.seconds <= 0:
-        return
-    rates = _rates(project)
-    rates[kind] = {
-        "model": model,
-        "backend": engine_name(project.settings.generation, report.total - report.skipped_done),
-        "tokens_per_s": round(report.completion_tokens / report.seconds, 2),
-        "tokens_per_answer": round(report.completion_tokens / answers, 1),
-    }
-    project.artifacts.mkdir(parents=True, exist_ok=True)
-    (project.artifacts / RATES_FILE).write_text(json.dumps(rates, indent=2))
-
-
-def engine_name(gen: GenerationSettings, pending: int | None) -> str:
-    """The backend that runs ``pending`` prompts (what ``backend: auto`` picks)."""
-    from kar.generation.factory import choose_backend
-
-    return choose_backend(gen, pending).name
-
-
 def estimate_generation(
     project: ProjectFolder,
     *,
@@ -485,7 +232,7 @@ def estimate_generation(
     imported = store.imported_keys()
     gen = project.settings.generation
     model = backend_model_name(gen)
-    rates = _rates(project)
+    rates = measured_rates(project)
     kinds_found = sorted({p.kind for p in prompts}, reverse=True)  # user_preference first
     pending, params = {}, {}
     for kind in kinds_found:
@@ -494,56 +241,18 @@ def estimate_generation(
         params[kind] = sampling_params(project, kind, scenario)
         pending[kind] = len(todo) - len(store.done_keys(todo, model, params[kind].key()))
     engine = engine_name(gen, sum(pending.values()))
-    out = []
-    for kind in kinds_found:
-        measured = rates.get(kind, {})
-        known = measured.get("model") == model and measured.get("backend", engine) == engine
-        if known:
-            rate = float(measured["tokens_per_s"])  # type: ignore[arg-type]
-            per_answer = float(measured["tokens_per_answer"])  # type: ignore[arg-type]
-        else:
-            rate = DEFAULT_RATES.get(engine, {}).get(kind, DEFAULT_RATE)
-            per_answer = 0.8 * params[kind].max_new_tokens
-        count = len([p for p in prompts if p.kind == kind])
-        tokens = round(pending[kind] * per_answer)
-        out.append(KindEstimate(kind, count, pending[kind], tokens, rate, known))
-    return out
-
-
-def import_knowledge(
-    project: ProjectFolder,
-    path: str | Path,
-    *,
-    source: str | None = None,
-    context: bool = True,
-    data: tuple[Dataset, Split] | None = None,
-    scenario: Scenario | None = None,
-    store: KnowledgeStore | None = None,
-) -> ImportReport:
-    """Bring your own user / item texts into the knowledge store (``kar knowledge import``).
-
-    Ids are checked against the project's dataset; bad rows go to ``artifacts/rejects/``.
-    Stored with the context an LLM answer has (item: its description line; user: the
-    history before their as-of instant; ``context=False``: none;
-    :mod:`kar.generation.imports`). ``data``,
-    ``scenario``, ``store``: already loaded (:class:`kar.Project`); loaded here when None.
-    A relative ``path`` not found from the working folder is taken in the project folder.
-    """
-    from kar.generation import KnowledgeStore
-    from kar.generation.imports import import_texts
-
-    dataset, split = data or load_data(project)
-    file = Path(path) if Path(path).exists() else project.path(str(path))
-    return import_texts(
-        file,
-        store or KnowledgeStore(project.knowledge_store_url),
-        dataset,
-        scenario or load_scenario(project),
-        source=source,
-        rejects_dir=project.rejects_dir,
-        as_of=split.as_of,
-        context=context,
-    )
+    return [
+        kind_estimate(
+            kind,
+            len([p for p in prompts if p.kind == kind]),
+            pending[kind],
+            params[kind].max_new_tokens,
+            rates.get(kind, {}),
+            model,
+            engine,
+        )
+        for kind in kinds_found
+    ]
 
 
 def make_encoder(project: ProjectFolder) -> TextEncoder:
@@ -623,7 +332,7 @@ def knowledge_ids(
         vectors = EntityVectors.load(project.encoded_dir)
         return vectors.users["entity_id"].to_list(), vectors.items["entity_id"].to_list()
     if source == "published":
-        paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
+        paths = [project.knowledge_path(k) for k in ("user", "item")]
         users, items = (
             pl.read_parquet(p)["entity_id"].to_list() if p.exists() else [] for p in paths
         )
@@ -686,18 +395,13 @@ def run_train(
         vectors = EntityVectors.load(project.encoded_dir)
         trained = result.trained_adaptor(encoder=vectors.encoder_id)
         trained.save(project.adaptor_dir)
-        from kar.adaptor.codes import CODEBOOK_FILE
-
         # the codebook belongs to the previous vectors: `kar publish` fits a new one
-        (project.knowledge_dir / CODEBOOK_FILE).unlink(missing_ok=True)
+        project.codebook_path.unlink(missing_ok=True)
         users, items = trained.export(vectors.users, vectors.items)
         project.knowledge_dir.mkdir(parents=True, exist_ok=True)
-        users.write_parquet(project.knowledge_dir / "user_knowledge.parquet")
-        items.write_parquet(project.knowledge_dir / "item_knowledge.parquet")
+        users.write_parquet(project.knowledge_path("user"))
+        items.write_parquet(project.knowledge_path("item"))
     return result
-
-
-EVALUATE_RUNS = "evaluate_runs.jsonl"
 
 
 def _evaluation_kwargs(project: ProjectFolder) -> dict[str, Any]:
@@ -734,7 +438,7 @@ def train_published(
     )  # fmt: skip
     base = tr.backbone_config(tr.backbone)
     choice = choose_training_config(
-        features, tr.backbone, base, RunLog(project.reports_dir / EVALUATE_RUNS, fingerprints),
+        features, tr.backbone, base, RunLog(project.evaluate_runs_path, fingerprints),
         search_seed=tr.eval_seeds[0] if tr.eval_seeds else tr.seed, seed=tr.seed,
         cold_threshold=tr.cold_threshold, progress=progress,
     )  # fmt: skip
@@ -778,7 +482,7 @@ def knowledge_lineage(
 
     store = store or KnowledgeStore(project.knowledge_store_url)
     answers = store.answers(scenario=project.settings.scenario)
-    adaptor = json.loads((project.adaptor_dir / "config.json").read_text())
+    adaptor = json.loads(project.adaptor_config_path.read_text())
     return {
         "prompt_version": ",".join(sorted(set(answers["prompt_version"].to_list()))),
         "llm": ",".join(sorted(set(answers["model"].to_list()))),
@@ -792,10 +496,9 @@ def knowledge_lineage(
 def adaptor_gain(project: ProjectFolder) -> dict[str, str]:
     """The trained adaptor's verdict as lineage strings (:mod:`kar.adaptor.verdict`;
     ``unknown`` values for an adaptor trained before kar recorded them)."""
-    from kar.adaptor.trained import METRICS_FILE
     from kar.adaptor.verdict import gain_lineage
 
-    path = project.adaptor_dir / METRICS_FILE
+    path = project.adaptor_metrics_path
     try:
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError:
@@ -823,14 +526,14 @@ def run_publish(
     """
     import polars as pl
 
-    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+    from kar.adaptor.codes import KnowledgeCodebooks
     from kar.errors import FeatureStoreError
     from kar.features.engines import sync_batch_engine
     from kar.features.publishing import publish
     from kar.features.repo import enable_codes, read_settings
 
     with timed_stage(project, "publish"):
-        paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in ("user", "item")]
+        paths = [project.knowledge_path(k) for k in ("user", "item")]
         if not all(p.exists() for p in paths):
             raise KarError("no adapted vectors yet: run `kar train` first")
         if require_gain:
@@ -852,7 +555,7 @@ def run_publish(
             )
         lineage = knowledge_lineage(project, store)
         size = project.settings.features.codebook_size
-        codebook_path = project.knowledge_dir / CODEBOOK_FILE
+        codebook_path = project.codebook_path
         codebooks = None
         if size:
             try:
@@ -943,7 +646,7 @@ def run_evaluate(
             seeds=tuple(seeds or tr.eval_seeds),
             progress=progress,
             tune=tr.tune,
-            runs_file=project.reports_dir / EVALUATE_RUNS,
+            runs_file=project.evaluate_runs_path,
             cold_threshold=tr.cold_threshold,
             **_evaluation_kwargs(project),
         )

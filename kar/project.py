@@ -18,6 +18,18 @@ from kar.errors import ConfigError
 from kar.plugins import BACKBONES, BACKENDS, DATASET_KINDS
 
 CONFIG_FILE = "kar.yaml"
+# artifact file names, each read and written through a ProjectFolder property
+TIMINGS_FILE = "timings.json"  # artifacts/: seconds per stage
+RATES_FILE = "generation_rates.json"  # artifacts/: measured generation rates per engine
+CODEBOOK_FILE = "codebook.npz"  # artifacts/knowledge/: the published k-means codebooks
+EVALUATE_RUNS = "evaluate_runs.jsonl"  # artifacts/reports/: evaluate's resumable run log
+WARM_START_DIR = "warm_start"  # beside the run log: the no-knowledge models kept
+ADAPTOR_CONFIG_FILE = "config.json"  # a trained adaptor's folder: its settings
+ADAPTOR_WEIGHTS_FILE = "weights.safetensors"  # ... its weights
+ADAPTOR_METRICS_FILE = "metrics.json"  # ... its training metrics
+MEMBERSHIP_FILE = "membership.parquet"  # artifacts/collective/: cluster of each entity
+CLUSTERING_FILE = "clustering.json"  # artifacts/collective/: the clustering's identity
+CONTEXTS_FILE = "contexts.parquet"  # artifacts/collective/: each entity's prompt context
 
 
 class _Section(BaseModel):
@@ -39,6 +51,7 @@ class DatasetSettings(_Section):
     @classmethod
     def _registered_kind(cls, kind: str) -> str:
         return DATASET_KINDS.check(kind)
+
     path: str = Field(
         "data",
         description="demo, movielens: the folder; table: the interactions file (relative "
@@ -382,6 +395,14 @@ class ProjectFolder:
         return prefix + str(target) + mark + query
 
     @property
+    def timings_path(self) -> Path:
+        return self.artifacts / TIMINGS_FILE
+
+    @property
+    def rates_path(self) -> Path:
+        return self.artifacts / RATES_FILE
+
+    @property
     def encoded_dir(self) -> Path:
         return self.artifacts / "encoded"
 
@@ -390,12 +411,65 @@ class ProjectFolder:
         return self.artifacts / "adaptor"
 
     @property
+    def adaptor_config_path(self) -> Path:
+        return self.adaptor_dir / ADAPTOR_CONFIG_FILE
+
+    @property
+    def adaptor_metrics_path(self) -> Path:
+        return self.adaptor_dir / ADAPTOR_METRICS_FILE
+
+    @property
     def knowledge_dir(self) -> Path:
         return self.artifacts / "knowledge"
+
+    def knowledge_path(self, kind: str) -> Path:
+        """The published knowledge vectors of ``kind`` (user / item)."""
+        return self.knowledge_dir / f"{kind}_knowledge.parquet"
+
+    @property
+    def codebook_path(self) -> Path:
+        return self.knowledge_dir / CODEBOOK_FILE
 
     @property
     def reports_dir(self) -> Path:
         return self.artifacts / "reports"
+
+    @property
+    def evaluate_runs_path(self) -> Path:
+        return self.reports_dir / EVALUATE_RUNS
+
+    @property
+    def warm_start_dir(self) -> Path:
+        """Where evaluate keeps its no-knowledge models (beside its run log)."""
+        return self.evaluate_runs_path.parent / WARM_START_DIR
+
+    @property
+    def refresh_reports_dir(self) -> Path:
+        return self.reports_dir / "refresh"
+
+    @property
+    def collective_dir(self) -> Path:
+        return self.artifacts / "collective"
+
+    @property
+    def membership_path(self) -> Path:
+        return self.collective_dir / MEMBERSHIP_FILE
+
+    @property
+    def clustering_path(self) -> Path:
+        return self.collective_dir / CLUSTERING_FILE
+
+    @property
+    def contexts_path(self) -> Path:
+        return self.collective_dir / CONTEXTS_FILE
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.artifacts / "exports"
+
+    @property
+    def embedding_dir(self) -> Path:
+        return self.artifacts / "embedding"
 
     @property
     def rejects_dir(self) -> Path:

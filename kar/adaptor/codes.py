@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from kar.errors import ConfigError, DataValidationError
+from kar.project import CODEBOOK_FILE as CODEBOOK_FILE  # re-exported: the file's name
 
 CODE_SCHEMA = {"entity_id": pl.Utf8, "code": pl.Int64}
 
@@ -124,7 +125,6 @@ def with_codes(features, user_codes: pl.DataFrame, item_codes: pl.DataFrame, siz
     )
 
 
-CODEBOOK_FILE = "codebook.npz"
 _KINDS = ("user", "item")
 
 

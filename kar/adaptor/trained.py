@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from kar.adaptor.config import AdaptorConfig
 from kar.adaptor.experts import KnowledgeAdaptor, build_adaptor
 from kar.errors import ConfigError, DataValidationError
+from kar.project import ADAPTOR_CONFIG_FILE as CONFIG_FILE
+from kar.project import ADAPTOR_METRICS_FILE as METRICS_FILE
+from kar.project import ADAPTOR_WEIGHTS_FILE as WEIGHTS_FILE
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
-METRICS_FILE = "metrics.json"
 VECTOR_SCHEMA = {"entity_id": pl.Utf8, "vector": pl.List(pl.Float32)}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -38,10 +37,6 @@ def modes(project: ProjectFolder) -> dict[str, Any]:
 
 def enabled(project: ProjectFolder) -> bool:
     return any(m != "individual" for m in modes(project).values())
-
-
-def collective_dir(project: ProjectFolder) -> Path:
-    return project.artifacts / "collective"
 
 
 def apply_modes(
@@ -118,14 +113,14 @@ def save_clustering(
     project: ProjectFolder, clusters: Clusters, prompts: list[PromptRecord]
 ) -> None:
     """Write the membership (members mapped to their cluster's knowledge) and contexts."""
-    folder = collective_dir(project)
+    folder = project.collective_dir
     folder.mkdir(parents=True, exist_ok=True)
     membership = clusters.membership.with_columns(
         pl.col("cluster")
         .map_elements(lambda k: cluster_entity_id(clusters.clustering, k), return_dtype=pl.Utf8)
         .alias("knowledge_source")
     )
-    membership.write_parquet(folder / "membership.parquet")
+    membership.write_parquet(project.membership_path)
     save_contexts(project, prompts, replace=True)
     info = {
         "clustering": clusters.clustering,
@@ -137,14 +132,14 @@ def save_clustering(
             for t in ("user", "item")
         },
     }
-    (folder / "clustering.json").write_text(json.dumps(info, indent=2))
+    project.clustering_path.write_text(json.dumps(info, indent=2))
 
 
 def save_contexts(project: ProjectFolder, prompts: list[PromptRecord], *, replace: bool) -> None:
     """Each prompt's entity context (what a member's cluster answer is encoded with) in
     contexts.parquet: the file replaced (a full run) or these entities' rows updated (a
     subset); written to a temporary name and renamed, so a kill leaves the old file."""
-    path = collective_dir(project) / "contexts.parquet"
+    path = project.contexts_path
     frame = pl.DataFrame(
         {
             "entity_type": [p.entity_type for p in prompts],
@@ -157,7 +152,7 @@ def save_contexts(project: ProjectFolder, prompts: list[PromptRecord], *, replac
         frame = pl.concat([pl.read_parquet(path).select(*CONTEXT_SCHEMA), frame])
     frame = frame.unique(["entity_type", "entity_id"], keep="last", maintain_order=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".contexts.parquet.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     frame.write_parquet(tmp)
     tmp.replace(path)
 
@@ -167,24 +162,23 @@ def saved_clusters(project: ProjectFolder) -> Clusters:
     loaded = load_clustering(project)
     if loaded is None:
         raise KarError(
-            f"collective knowledge is on but {collective_dir(project)} holds no clustering: "
+            f"collective knowledge is on but {project.collective_dir} holds no clustering: "
             "run `kar generate` first"
         )
     membership, clustering, _ = loaded
-    info = json.loads((collective_dir(project) / "clustering.json").read_text())
+    info = json.loads(project.clustering_path.read_text())
     return Clusters(membership, clustering, float(info.get("explained_variance", 0.0)))
 
 
 def load_clustering(project: ProjectFolder) -> tuple[pl.DataFrame, str, pl.DataFrame] | None:
     """(membership, clustering id, contexts) written by :func:`apply_modes`, or None."""
-    folder = collective_dir(project)
-    if not (folder / "clustering.json").exists():
+    if not project.clustering_path.exists():
         return None
-    info = json.loads((folder / "clustering.json").read_text())
+    info = json.loads(project.clustering_path.read_text())
     return (
-        pl.read_parquet(folder / "membership.parquet"),
+        pl.read_parquet(project.membership_path),
         info["clustering"],
-        pl.read_parquet(folder / "contexts.parquet"),
+        pl.read_parquet(project.contexts_path),
     )
 
 

@@ -43,7 +43,7 @@ class EmbeddingPaths:
     def of(cls, folder: ProjectFolder) -> EmbeddingPaths:
         feast = folder.settings.embedding.feast
         project = feast.project or f"{folder.settings.features.project}_emb"
-        return cls(folder.artifacts / "embedding", folder.path(feast.repo), project)
+        return cls(folder.embedding_dir, folder.path(feast.repo), project)
 
     @property
     def items(self) -> Path:

@@ -200,11 +200,11 @@ def project_codes(
     publish`` saved (``artifacts/knowledge/<CODEBOOK_FILE>``), so they are the codes Feast
     serves; without one, fitted as publish would fit it (``codebook_size``, the training seed)
     and not saved. A saved codebook of another size is a :class:`ConfigError`."""
-    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+    from kar.adaptor.codes import KnowledgeCodebooks
 
     if not all(f.height for f in (users, items)):
         raise ConfigError("knowledge codes need vectors of both kinds; export without --codes")
-    path = project.knowledge_dir / CODEBOOK_FILE
+    path = project.codebook_path
     if path.is_file():
         books = KnowledgeCodebooks.load(path)
         if books.size != codebook_size:
@@ -232,7 +232,7 @@ def export_project(
     folder ``artifacts/exports/<fmt>``."""
     from kar.pipeline import load_data
 
-    paths = [project.knowledge_dir / f"{k}_knowledge.parquet" for k in KINDS]
+    paths = [project.knowledge_path(k) for k in KINDS]
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"{missing[0]} not found: run `kar train` first")
@@ -240,7 +240,7 @@ def export_project(
     user_codes = item_codes = None
     if codebook_size:
         user_codes, item_codes = project_codes(project, users, items, codebook_size)
-    out = Path(out) if out else project.artifacts / "exports" / fmt
+    out = Path(out) if out else project.exports_dir / fmt
     dataset = project.settings.name.replace("/", "_")
     user_ids = item_ids = None
     try:

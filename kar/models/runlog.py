@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from kar.models.metrics import auc
+from kar.project import WARM_START_DIR
 
 if TYPE_CHECKING:
     import torch
@@ -114,7 +115,7 @@ class RunLog:
         if self.path is None:
             return None
         name = f"{self.fingerprints['none']}-{backbone}-seed{seed}.pt"
-        return self.path.parent / "warm_start" / name
+        return self.path.parent / WARM_START_DIR / name
 
 
 def save_state(path: Path | None, state: Mapping[str, torch.Tensor]) -> None:

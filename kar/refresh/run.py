@@ -142,7 +142,7 @@ def refresh(
         state.commit(run, report.to_dict())
         run.items = catalog
         state.add_items(source, catalog)
-        report.save(project.reports_dir / "refresh")
+        report.save(project.refresh_reports_dir)
         return report
     return execute_run(project, state, store, run, dataset, report, progress=progress)
 
@@ -191,7 +191,7 @@ def execute_run(
                 ) from exc
     with _stage(report, "commit"):
         state.commit(run, report.to_dict())
-    report.save(project.reports_dir / "refresh")
+    report.save(project.refresh_reports_dir)
     return report
 
 
@@ -247,10 +247,10 @@ def assign_codes(
     Unchanged when the feature repo has no code field or no codebook was saved (codes
     switched off): the rows are then published without a code.
     """
-    from kar.adaptor.codes import CODEBOOK_FILE, KnowledgeCodebooks
+    from kar.adaptor.codes import KnowledgeCodebooks
     from kar.features.repo import codes_enabled
 
-    path = project.knowledge_dir / CODEBOOK_FILE
+    path = project.codebook_path
     if not codes_enabled(project.feature_repo) or not path.is_file():
         return users, items
     codebooks = KnowledgeCodebooks.load(path)
