@@ -206,12 +206,24 @@ class KnowledgeStore:
         self.metadata = sa.MetaData()
         self.table = _define_table(self.metadata, table)
         try:
-            self.metadata.create_all(self.engine)
+            self._create_tables()
         except sa.exc.OperationalError as exc:
             from kar.redaction import redact, redact_url
 
             shown = redact_url(parsed.render_as_string(hide_password=False))
             raise KarError(redact(f"cannot open knowledge store {shown}: {exc.orig}")) from exc
+
+    def _create_tables(self, attempts: int = 3) -> None:
+        """Create the table and its indexes if missing. Two processes opening a new store at
+        once may both see no table; the one that loses the race ("already exists") looks
+        again, and then finds it."""
+        for attempt in range(attempts):
+            try:
+                self.metadata.create_all(self.engine)
+                return
+            except sa.exc.OperationalError as exc:
+                if "already exists" not in str(exc.orig) or attempt == attempts - 1:
+                    raise
 
     def __repr__(self) -> str:
         return f"KnowledgeStore({self.url.render_as_string(hide_password=True)!r})"
