@@ -88,6 +88,16 @@ def test_proposal_names_what_it_cannot_place(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_items_and_users_files_need_the_interactions_id_column(shop: dict, tmp_path: Path) -> None:
+    for entity, header in (("item", "Code,Name\nSKU-000,Lamp\n"), ("user", "Who,Age\nK00,30\n")):
+        other = tmp_path / f"{entity}s.csv"
+        other.write_text(header, encoding="utf-8")
+        files = {"items": other} if entity == "item" else {"users": other}
+        with pytest.raises(DataValidationError, match=f"needs the {entity} id column") as err:
+            propose_mapping(shop["events"], given={"user_id": "Kunde"}, **files)
+        assert err.value.file == str(other) and "\n" not in str(err.value)
+
+
 def test_feast_project_names_are_valid() -> None:
     assert feast_project_name("My Shop-2024") == "my_shop_2024"
     assert feast_project_name("2024 shop") == "kar_2024_shop"

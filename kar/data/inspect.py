@@ -200,19 +200,25 @@ def _text_columns(frame: pl.DataFrame, skip: Iterable[str]) -> list[str]:
     return out
 
 
+def _entity_id_column(frame: pl.DataFrame, file: Path, column: str, entity: str) -> str:
+    """The id column of an items / users file: the interactions' own name, else
+    ``<entity>_id``; a one-line error naming the file otherwise."""
+    for name in (column, f"{entity}_id"):
+        if name in frame.columns:
+            return name
+    raise DataValidationError(
+        f"the {entity}s file needs the {entity} id column of the interactions ({column!r}) or "
+        f"one named '{entity}_id'; columns found: {[c for c in frame.columns if c != ROW]}",
+        file=file,
+        field=column,
+    )
+
+
 def _item_columns(file: Path, item_col: str, given: Mapping[str, str], proposal: TableProposal
                   ) -> None:  # fmt: skip
     """Items table: its id column must match the interactions', a title, text columns."""
     frame = read_table(file)
-    if item_col not in frame.columns and "item_id" not in frame.columns:
-        raise DataValidationError(
-            f"the items file needs the item id column of the interactions ({item_col!r}) or "
-            f"one named 'item_id'; columns found: {[c for c in frame.columns if c != ROW]}",
-            file=file,
-            field=item_col,
-        )
-    own = item_col if item_col in frame.columns else "item_id"
-    taken = [own]
+    taken = [_entity_id_column(frame, file, item_col, "item")]
     for name in ("title", "year", "genres", "creator"):
         col = given.get(name) or find_column(frame.columns, name, taken)
         if col is not None:
@@ -232,14 +238,7 @@ def _item_columns(file: Path, item_col: str, given: Mapping[str, str], proposal:
 
 def _user_columns(file: Path, user_col: str, proposal: TableProposal) -> None:
     frame = read_table(file)
-    if user_col not in frame.columns and "user_id" not in frame.columns:
-        raise DataValidationError(
-            f"the users file needs the user id column of the interactions ({user_col!r}) or "
-            f"one named 'user_id'; columns found: {[c for c in frame.columns if c != ROW]}",
-            file=file,
-            field=user_col,
-        )
-    own = user_col if user_col in frame.columns else "user_id"
+    own = _entity_id_column(frame, file, user_col, "user")
     proposal.user_attributes = [c for c in frame.columns if c not in (own, ROW)][:6]
     proposal.notes.append(f"users: profile columns {proposal.user_attributes}")
 
