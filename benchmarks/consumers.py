@@ -389,13 +389,17 @@ def fit_kar(
     or, for ``joint``, kar's adaptor trained with it (kar's own joint arm); no gate."""
     from kar.adaptor import AdaptorConfig
     from kar.models.train import predict, train_ctr
+    from kar.models.tuning import adaptor_of, start_and_config
 
     columns = data.arm(arm, seed)
     features, adaptor = data.features, None
+    model_point, _ = start_and_config(point, warm_start=False)  # adaptor keys set below
     if columns is not None:
         features = with_rows(data.features, *columns)
-        adaptor = data.adaptor_config if arm == "joint" else AdaptorConfig(type="raw")
-    config = {**data.model_configs[backbone], **point, "max_epochs": data.max_epochs}
+        adaptor = AdaptorConfig(type="raw")
+        if arm == "joint":
+            adaptor = adaptor_of(point, data.adaptor_config)
+    config = {**data.model_configs[backbone], **model_point, "max_epochs": data.max_epochs}
     result = train_ctr(features, backbone, config, adaptor, seed=seed, evaluate_test=False)
     test = features.tensors("test")
     return Fitted(result.valid_auc, result.best_epoch, lambda: predict(result.model, test))
@@ -412,6 +416,9 @@ def grid(consumer: str, arm: str, quick: bool) -> list[dict[str, Any]]:
         points = [{"lr": 1e-3}, {"lr": 3e-3}]
         if arm == "joint" and consumer in ("deepctr_deepfm", "rechub_widedeep"):
             points = [{**p, "adaptor": a} for a in ("fresh", "trained") for p in points]
+        elif arm == "joint":  # kar's own joint arm: input standardisation chosen too, as
+            # `kar train` / `kar evaluate` choose it (kar.models.tuning.KNOWLEDGE_GRID)
+            points = [{**p, "standardize": z} for z in (False, True) for p in points]
     return points[:1] if quick else points
 
 

@@ -18,6 +18,7 @@ from kar.exports.cli import export as export_command
 from kar.features.cli import register as register_feature_commands
 from kar.generation.cli import knowledge_app
 from kar.models.cli import models_app
+from kar.ranking.cli import rank as rank_command
 from kar.refresh.cli import refresh_app
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ app.add_typer(knowledge_app, name="knowledge")  # kar/generation/cli.py (issue 2
 app.command("export")(export_command)  # kar/exports/cli.py (issue 4)
 app.add_typer(embed_app, name="embed")  # kar/embedding/cli.py (issue 23)
 register_embedding_commands(features_app)  # `kar features similar` (issue 23)
+app.command("rank")(rank_command)  # kar/ranking/cli.py (issue 35: ReLLa)
 
 
 @app.command()

@@ -9,16 +9,15 @@
     project.publish()
     project.evaluate().markdown.read_text()
 
-Each method delegates to the stage function of :mod:`kar.pipeline` over the project folder
-(:class:`kar.project.ProjectFolder`) and passes it what this object has already loaded: the
-dataset and its split, the scenario and the knowledge store are read once and kept. Nothing
+Each method delegates to the stage function of :mod:`kar.pipeline` with this object's
+:class:`kar.project_data.StageContext` (the project folder, and what is already loaded: the
+dataset and its split, the scenario and the knowledge store are read once and kept). Nothing
 is printed here (the ``kar`` command prints); heavy packages load in the stage that needs
 them.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,8 +31,6 @@ from kar.pipeline import (
     init_project,
     init_table_project,
     knowledge_ids,
-    load_data,
-    load_scenario,
     run_encode,
     run_evaluate,
     run_generate,
@@ -41,6 +38,7 @@ from kar.pipeline import (
     run_train,
 )
 from kar.project import ProjectFolder, ProjectSettings
+from kar.project_data import StageContext
 
 if TYPE_CHECKING:
     import polars as pl
@@ -64,6 +62,7 @@ class Project:
 
     def __init__(self, root: str | Path = ".") -> None:
         self.folder = ProjectFolder.load(root)
+        self.context = StageContext(self.folder)  # what every stage reads, loaded once
         self.init_notes: list[str] = []  # what `init` found in your tables
 
     @classmethod
@@ -98,7 +97,7 @@ class Project:
             factors=factors, force=force,
         )  # fmt: skip
         project = cls(folder.root)
-        project.__dict__["_data"] = data  # validated once already
+        project.context.keep(data=data)  # validated once already
         project.init_notes = list(proposal.notes)
         return project
 
@@ -115,30 +114,28 @@ class Project:
 
     # -- loaded once ---------------------------------------------------------------------
 
-    @cached_property
+    @property
     def _data(self) -> tuple[Dataset, Split]:
-        return load_data(self.folder)
+        return self.context.data
 
     @property
     def dataset(self) -> Dataset:
         """The validated dataset (loaded on first use, then kept)."""
-        return self._data[0]
+        return self.context.data[0]
 
     @property
     def split(self) -> Split:
         """The time split of :attr:`dataset` (history / train / valid / test / as_of)."""
-        return self._data[1]
+        return self.context.data[1]
 
-    @cached_property
+    @property
     def scenario(self) -> Scenario:
-        return load_scenario(self.folder)
+        return self.context.scenario
 
-    @cached_property
+    @property
     def store(self) -> KnowledgeStore:
         """The knowledge store every LLM answer is kept in."""
-        from kar.generation import KnowledgeStore
-
-        return KnowledgeStore(self.folder.knowledge_store_url)
+        return self.context.store
 
     def describe_data(self) -> DataSummary:
         """Rows, users, items, time range, labels, split sizes and rejects of the dataset."""
@@ -156,8 +153,7 @@ class Project:
 
     def reload(self) -> None:
         """Forget the loaded dataset and scenario (after the files changed on disk)."""
-        for name in ("_data", "scenario"):
-            self.__dict__.pop(name, None)
+        self.context.forget("data", "scenario")
 
     # -- stages --------------------------------------------------------------------------
 
@@ -179,19 +175,11 @@ class Project:
         ``backend`` / ``speculative``: override ``generation.backend`` /
         ``generation.speculative.mode`` for this call (kar.yaml is not changed).
         """
-        folder = self.folder
+        context = self.context
         if backend is not None or speculative is not None:
-            folder = ProjectFolder(self.root, self._generation_override(backend, speculative))
-        return run_generate(
-            folder,
-            limit=limit,
-            sample=sample,
-            kinds=kinds,
-            progress=progress,
-            data=self._data,
-            scenario=self.scenario,
-            store=self.store,
-        )
+            settings = self._generation_override(backend, speculative)
+            context = context.on(ProjectFolder(self.root, settings))
+        return run_generate(context, limit=limit, sample=sample, kinds=kinds, progress=progress)
 
     def estimate(
         self,
@@ -203,13 +191,10 @@ class Project:
     ) -> list[KindEstimate]:
         """What :meth:`generate` would do, per kind (prompts, tokens, time at this machine's
         measured rate), without loading the LLM."""
-        folder = self.folder
+        context = self.context
         if backend is not None:
-            folder = ProjectFolder(self.root, self._generation_override(backend, None))
-        return estimate_generation(
-            folder, limit=limit, sample=sample, kinds=kinds, data=self._data,
-            scenario=self.scenario, store=self.store,
-        )  # fmt: skip
+            context = context.on(ProjectFolder(self.root, self._generation_override(backend, None)))
+        return estimate_generation(context, limit=limit, sample=sample, kinds=kinds)
 
     def _generation_override(self, backend: str | None, speculative: str | None) -> ProjectSettings:
         gen = self.settings.generation.model_dump()
@@ -224,11 +209,11 @@ class Project:
 
     def encode(self, *, progress: bool = True) -> EntityVectors:
         """Encode every answer into a vector (cached by text hash)."""
-        return run_encode(self.folder, progress=progress, store=self.store)
+        return run_encode(self.context, progress=progress)
 
     def train(self, *, progress: bool = True) -> TrainResult:
         """Train the hybrid-expert adaptor with the backbone; export one vector per entity."""
-        return run_train(self.folder, progress=progress, data=self._data)
+        return run_train(self.context, progress=progress)
 
     def import_knowledge(
         self, path: str | Path, *, source: str | None = None, context: bool = True
@@ -237,23 +222,18 @@ class Project:
         lineage, preferred to the LLM's answer, never asked of the LLM; bad rows go to
         ``artifacts/rejects/`` (:mod:`kar.generation.imports`). ``context``: store each text
         with the item's description line / the user's history, as an LLM answer is."""
-        return import_knowledge(
-            self.folder, path, source=source, context=context, data=self._data,
-            scenario=self.scenario, store=self.store,
-        )  # fmt: skip
+        return import_knowledge(self.context, path, source=source, context=context)
 
     def publish(self, *, require_gain: bool = False) -> PublishReport:
         """Publish the adapted vectors to Feast: offline partition, apply, materialise.
         ``require_gain``: refuse unless knowledge beat no knowledge on validation."""
-        return run_publish(
-            self.folder, data=self._data, store=self.store, require_gain=require_gain
-        )
+        return run_publish(self.context, require_gain=require_gain)
 
     def evaluate(
         self, *, seeds: list[int] | None = None, progress: bool = True
     ) -> EvaluationReport:
         """Each evaluation backbone with and without knowledge over several seeds."""
-        return run_evaluate(self.folder, seeds=seeds, progress=progress, data=self._data)
+        return run_evaluate(self.context, seeds=seeds, progress=progress)
 
     def refresh(self, *, source: str | None = None, progress: bool = False) -> RefreshReport:
         """One incremental refresh from the data on disk (users with new interactions, new
@@ -289,6 +269,14 @@ class Project:
         from kar.embedding.stage import run_embed
 
         return run_embed(self.folder, self._data, "users", publish=publish, progress=progress)
+
+    def embed_said(self, *, publish: bool = True, progress: bool = True) -> EmbeddingReport:
+        """SAID: train a projection from each item's ID to soft tokens of the frozen LLM so it
+        regenerates the item's text (resumable); the soft tokens become the item vectors,
+        published to Feast's ``item_embedding`` view (kar.yaml's ``embedding.said``)."""
+        from kar.embedding.stage import run_embed
+
+        return run_embed(self.folder, self._data, "said", publish=publish, progress=progress)
 
     def similar_items(self, item_id: str, k: int = 10) -> list[Neighbour]:
         """i2i: the ``k`` items nearest to ``item_id``'s embedding, through Feast."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,8 +25,11 @@ from kar.project import EVALUATE_RUNS as EVALUATE_RUNS
 from kar.project import RATES_FILE as RATES_FILE
 from kar.project import TIMINGS_FILE as TIMINGS_FILE
 from kar.project import ProjectFolder
+from kar.project_data import StageContext as StageContext
+from kar.project_data import Subset as Subset
 from kar.project_data import import_knowledge as import_knowledge
-from kar.project_data import load_data, load_scenario
+from kar.project_data import load_data as load_data
+from kar.project_data import load_scenario, stage_context
 from kar.project_data import time_split as time_split
 from kar.project_init import init_project as init_project
 from kar.project_init import init_table_project as init_table_project
@@ -46,17 +47,6 @@ if TYPE_CHECKING:
     from kar.models.train import TrainResult
     from kar.prompts import Scenario
     from kar.records import PromptRecord, SamplingParams
-
-
-@dataclass(frozen=True)
-class Subset:
-    """The entities a stage runs on instead of all of them (``kar refresh``): these user
-    and item ids; user prompts see history strictly before ``as_of`` (None: each user's
-    as-of instant of the split)."""
-
-    user_ids: tuple[str, ...] = ()
-    item_ids: tuple[str, ...] = ()
-    as_of: datetime | None = None
 
 
 def build_prompts(
@@ -176,55 +166,50 @@ def select_prompts(
 
 
 def run_generate(
-    project: ProjectFolder,
+    stage: StageContext | ProjectFolder,
     *,
     limit: int | None = None,
     sample: int | None = None,
     kinds: set[str] | None = None,
     progress: bool = True,
-    data: tuple[Dataset, Split] | None = None,
-    scenario: Scenario | None = None,
-    store: KnowledgeStore | None = None,
-    subset: Subset | None = None,
 ) -> dict[str, GenerationReport]:
     """Every user-preference and item-fact prompt of the project (``sample``: a seeded random
     sample of that many entities per kind; ``limit``: at most that many prompts per kind).
 
     ``kinds`` keeps only those knowledge kinds (two processes can then share the kinds of
-    one project: the store takes concurrent writers). ``data``, ``scenario``, ``store``:
-    already loaded (:class:`kar.Project` loads them once); loaded here when None.
-    ``subset``: only those entities' prompts (``kar refresh``; not added to timings.json).
+    one project: the store takes concurrent writers). ``stage``: the project, or a
+    :class:`StageContext` with what is already loaded; its ``subset``: only those entities'
+    prompts (``kar refresh``; not added to timings.json).
     """
-    timer = timed_stage(project, "generate") if subset is None else nullcontext()
+    ctx = stage_context(stage)
+    project = ctx.project
+    timer = timed_stage(project, "generate") if ctx.subset is None else nullcontext()
     with timer:
-        dataset, split = data or load_data(project)
-        scenario = scenario or load_scenario(project)
+        dataset, split = ctx.data
         prompts = select_prompts(
-            project, dataset, split, scenario, limit=limit, sample=sample, kinds=kinds,
-            seed=project.settings.training.seed, subset=subset,
+            project, dataset, split, ctx.scenario, limit=limit, sample=sample, kinds=kinds,
+            seed=project.settings.training.seed, subset=ctx.subset,
         )  # fmt: skip
-        return answer_prompts(project, prompts, store=store, scenario=scenario, progress=progress)
+        return answer_prompts(
+            project, prompts, store=ctx.store, scenario=ctx.scenario, progress=progress
+        )
 
 
 def estimate_generation(
-    project: ProjectFolder,
+    stage: StageContext | ProjectFolder,
     *,
     limit: int | None = None,
     sample: int | None = None,
     kinds: set[str] | None = None,
-    data: tuple[Dataset, Split] | None = None,
-    scenario: Scenario | None = None,
-    store: KnowledgeStore | None = None,
 ) -> list[KindEstimate]:
     """Per kind: prompts, those still to answer, expected tokens and time at this machine's
     measured rate for the configured model (a per-backend default until one is measured);
     the LLM is not loaded."""
-    from kar.generation import KnowledgeStore
     from kar.generation.factory import backend_model_name
 
-    dataset, split = data or load_data(project)
-    scenario = scenario or load_scenario(project)
-    store = store or KnowledgeStore(project.knowledge_store_url)
+    ctx = stage_context(stage)
+    project, scenario, store = ctx.project, ctx.scenario, ctx.store
+    dataset, split = ctx.data
     prompts = select_prompts(
         project, dataset, split, scenario, limit=limit, sample=sample, kinds=kinds,
         seed=project.settings.training.seed,
@@ -295,14 +280,14 @@ def knowledge_rows(
     )
 
 
-def run_encode(
-    project: ProjectFolder, *, progress: bool = True, store: KnowledgeStore | None = None
-) -> EntityVectors:
+def run_encode(stage: StageContext | ProjectFolder, *, progress: bool = True) -> EntityVectors:
     """Encode every answered prompt (history + reasoning for users, facts for items)."""
     from kar.encoding import encode_knowledge
 
+    ctx = stage_context(stage)
+    project = ctx.project
     with timed_stage(project, "encode"):
-        rows = knowledge_rows(project, store)
+        rows = knowledge_rows(project, ctx.store)
         vectors = encode_knowledge(rows, make_encoder(project), progress=progress)
         vectors.save(project.encoded_dir)
     return vectors
@@ -353,12 +338,20 @@ def ctr_features(
             raise KarError("no encoded knowledge yet: run `kar encode` first")
         vectors = EntityVectors.load(project.encoded_dir)
         users, items = vectors.users, vectors.items
+    tr = project.settings.training
+    item_vectors = None
+    if tr.history_selection == "retrieved":  # ReLLa's semantic behaviour retrieval
+        from kar.ranking.item_vectors import item_text_vectors
+
+        item_vectors = item_text_vectors(project, dataset)
     return CTRFeatures.build(
         dataset,
         split,
-        history_len=project.settings.training.history_len,
+        history_len=tr.history_len,
         knowledge_users=users,
         knowledge_items=items,
+        history_selection=tr.history_selection,
+        item_vectors=item_vectors,
     )
 
 
@@ -373,9 +366,7 @@ def adaptor_config(project: ProjectFolder) -> AdaptorConfig:
     )
 
 
-def run_train(
-    project: ProjectFolder, *, progress: bool = True, data: tuple[Dataset, Split] | None = None
-) -> TrainResult:
+def run_train(stage: StageContext | ProjectFolder, *, progress: bool = True) -> TrainResult:
     """Train the adaptor jointly with a backbone; save it and export one vector per entity.
 
     The configuration is the one ``kar evaluate`` chooses on validation (read from its run
@@ -388,8 +379,10 @@ def run_train(
     """
     from kar.encoding import EntityVectors
 
+    ctx = stage_context(stage)
+    project = ctx.project
     with timed_stage(project, "train"):
-        dataset, split = data or load_data(project)
+        dataset, split = ctx.data
         features = ctr_features(project, dataset, split, with_knowledge=True)
         result = train_published(project, features, progress=progress)
         vectors = EntityVectors.load(project.encoded_dir)
@@ -412,8 +405,8 @@ def _evaluation_kwargs(project: ProjectFolder) -> dict[str, Any]:
     tr = project.settings.training
     return {
         "adaptor_config": adaptor_config(project),
-        "fingerprint": _data_fingerprint(project),
-        "knowledge_fingerprint": _encoded_fingerprint(project),
+        "fingerprint": data_fingerprint(project),
+        "knowledge_fingerprint": encoded_fingerprint(project),
         # every backbone's config (not only those evaluated), so processes that share
         # the backbones of one evaluation share its run log
         "model_configs": {b: tr.backbone_config(b) for b in available_models()},
@@ -424,11 +417,14 @@ def _evaluation_kwargs(project: ProjectFolder) -> dict[str, Any]:
 def train_published(
     project: ProjectFolder, features: CTRFeatures, *, progress: bool = True
 ) -> TrainResult:
-    """The knowledge model whose adaptor ``kar train`` publishes (see :func:`run_train`)."""
+    """The knowledge model whose adaptor ``kar train`` publishes (see :func:`run_train`):
+    at the knowledge arm's grid point ``kar evaluate`` logged, or else the same search
+    (:func:`kar.models.tuning.choose_knowledge_point`), logged for the evaluation when it
+    ran at the evaluation's first seed."""
     from kar.models.harness import run_fingerprints
-    from kar.models.runlog import RunLog
+    from kar.models.runlog import RunLog, result_row
     from kar.models.train import train_ctr
-    from kar.models.tuning import choose_training_config, start_and_config
+    from kar.models.tuning import choose_knowledge_point, choose_training_config, train_at_point
 
     tr = project.settings.training
     kwargs = _evaluation_kwargs(project)
@@ -436,10 +432,11 @@ def train_published(
         kwargs["fingerprint"], kwargs["knowledge_fingerprint"], kwargs["adaptor_config"],
         tune=True, model_configs=kwargs["model_configs"], warm_start=tr.warm_start,
     )  # fmt: skip
+    log = RunLog(project.evaluate_runs_path, fingerprints)
+    search_seed = tr.eval_seeds[0] if tr.eval_seeds else tr.seed
     base = tr.backbone_config(tr.backbone)
     choice = choose_training_config(
-        features, tr.backbone, base, RunLog(project.evaluate_runs_path, fingerprints),
-        search_seed=tr.eval_seeds[0] if tr.eval_seeds else tr.seed, seed=tr.seed,
+        features, tr.backbone, base, log, search_seed=search_seed, seed=tr.seed,
         cold_threshold=tr.cold_threshold, progress=progress,
     )  # fmt: skip
     none_state = choice.none_state
@@ -448,12 +445,19 @@ def train_published(
         config = {**base, **choice.point}
         none_state = train_ctr(plain, tr.backbone, config, seed=tr.seed, progress=progress)
         none_state = none_state.model.state_dict()
-    config, warm = start_and_config(choice.knowledge_point, tr.warm_start)
-    result = train_ctr(
-        features, tr.backbone, {**base, **config}, kwargs["adaptor_config"], seed=tr.seed,
-        progress=progress, init_state=none_state if warm else None, fallback_state=none_state,
-    )  # fmt: skip
-    result.tuning = {"config": choice.knowledge_point, "source": choice.source}
+    common = {"seed": tr.seed, "warm_start": tr.warm_start, "progress": progress}
+    adaptor = kwargs["adaptor_config"]
+    if choice.knowledge_point is not None:
+        point, source = choice.knowledge_point, choice.source
+        result = train_at_point(features, tr.backbone, base, point, adaptor, none_state, **common)
+    else:
+        point, result = choose_knowledge_point(
+            features, tr.backbone, base, choice.point, adaptor, none_state, **common
+        )
+        source = "search on validation"
+        if tr.seed == search_seed:
+            log.add(result_row(features, "knowledge", result, point, tr.cold_threshold))
+    result.tuning = {"config": point, "source": source}
     return result
 
 
@@ -507,11 +511,7 @@ def adaptor_gain(project: ProjectFolder) -> dict[str, str]:
 
 
 def run_publish(
-    project: ProjectFolder,
-    *,
-    data: tuple[Dataset, Split] | None = None,
-    store: KnowledgeStore | None = None,
-    require_gain: bool = False,
+    stage: StageContext | ProjectFolder, *, require_gain: bool = False
 ) -> PublishReport:
     """Publish the adapted vectors to Feast: offline Parquet partition, apply, materialise.
 
@@ -532,6 +532,8 @@ def run_publish(
     from kar.features.publishing import publish
     from kar.features.repo import enable_codes, read_settings
 
+    ctx = stage_context(stage)
+    project = ctx.project
     with timed_stage(project, "publish"):
         paths = [project.knowledge_path(k) for k in ("user", "item")]
         if not all(p.exists() for p in paths):
@@ -542,7 +544,7 @@ def run_publish(
             gain = adaptor_gain(project)
             if not knowledge_won(gain):
                 raise KarError(f"{verdict_line(gain)}. --require-gain: nothing published")
-        _, split = data or load_data(project)
+        _, split = ctx.data
         adapted = pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
         users, items = _with_timestamps(project, split, *adapted)
         # one kind may have no knowledge at all: it is published as nothing (read: missing)
@@ -553,7 +555,7 @@ def run_publish(
                 f"the adaptor exports {dim}-dim vectors but {project.feature_repo} declares "
                 f"vector_dim {repo_dim}: register a new feature version for the new dimension"
             )
-        lineage = knowledge_lineage(project, store)
+        lineage = knowledge_lineage(project, ctx.store)
         size = project.settings.features.codebook_size
         codebook_path = project.codebook_path
         codebooks = None
@@ -587,20 +589,21 @@ def run_publish(
     return report
 
 
-def _data_fingerprint(project: ProjectFolder) -> str:
+def data_fingerprint(project: ProjectFolder) -> str:
     """Names what the features without knowledge are built from (dataset, split, history
-    length), so evaluation runs logged for other data are not reused."""
+    length and selection), so evaluation runs logged for other data are not reused."""
     from kar.records import stable_hash
 
     settings = project.settings
-    return stable_hash(
-        [settings.split.model_dump(), settings.dataset.model_dump(),
-         settings.training.history_len],
-        length=16,
-    )  # fmt: skip
+    named: list[object] = [
+        settings.split.model_dump(), settings.dataset.model_dump(), settings.training.history_len
+    ]
+    if settings.training.history_selection != "recent":  # recent: the fingerprints it had
+        named.append(settings.training.history_selection)
+    return stable_hash(named, length=16)
 
 
-def _encoded_fingerprint(project: ProjectFolder) -> str:
+def encoded_fingerprint(project: ProjectFolder) -> str:
     """Names the encoded knowledge (file names and contents), so runs with knowledge logged
     for other vectors are not reused."""
     import hashlib
@@ -622,11 +625,7 @@ class EvaluationReport(NamedTuple):
 
 
 def run_evaluate(
-    project: ProjectFolder,
-    *,
-    seeds: list[int] | None = None,
-    progress: bool = True,
-    data: tuple[Dataset, Split] | None = None,
+    stage: StageContext | ProjectFolder, *, seeds: list[int] | None = None, progress: bool = True
 ) -> EvaluationReport:
     """Each backbone without knowledge, with it and with the shuffled control, several
     seeds, beside the baseline; markdown table + PNG plot.
@@ -636,8 +635,10 @@ def run_evaluate(
     from kar.models.harness import compare
     from kar.models.report import summarize, write_report
 
+    ctx = stage_context(stage)
+    project = ctx.project
     with timed_stage(project, "evaluate"):
-        dataset, split = data or load_data(project)
+        dataset, split = ctx.data
         features = ctr_features(project, dataset, split, with_knowledge=True)
         tr = project.settings.training
         results = compare(

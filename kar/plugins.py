@@ -9,7 +9,9 @@ nothing is imported until an entry is used, so this module stays light:
 - :data:`DATASET_KINDS` (``dataset.kind``): a callable ``loader(project) -> Dataset``
   (:class:`DatasetLoader`);
 - :data:`BACKBONES` (``training.backbone``): a :class:`kar.models.base.CTRModel` subclass with
-  its ``config_class`` (:class:`BackboneClass`). A new backbone is one file and one line here.
+  its ``config_class`` (:class:`BackboneClass`). A new backbone is one file and one line here;
+- :data:`ARTIFACTS` (a saved artifact's ``kind``): a class with ``KIND``, ``save(path)`` and
+  ``load(path)`` (:class:`kar.artifacts.Artifact`): what a manifest's ``kind`` names.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from kar.artifacts import Artifact
 from kar.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -164,4 +167,15 @@ BACKBONES = Registry(
         "dien": "kar.models.dien.DIEN",
     },
     BackboneClass,
+)
+ARTIFACTS = Registry(
+    "kind",
+    "artifact kind",
+    {
+        "encoded_vectors": "kar.encoding.vectors.EntityVectors",
+        "trained_adaptor": "kar.adaptor.trained.TrainedAdaptor",
+        "knowledge_codebooks": "kar.adaptor.codes.KnowledgeCodebooks",
+        "user_tower": "kar.embedding.tower.UserTower",
+    },
+    Artifact,
 )

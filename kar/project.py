@@ -252,9 +252,14 @@ class TrainingSettings(_Section):
     eval_backbones: list[str] = Field(default_factory=lambda: ["deepfm", "din"])
     eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])  # evaluate's seeds
     history_len: int = 20  # behaviour-sequence length of the CTR models
+    # which history_len interactions before each sample: the most recent (recent) or, ReLLa's
+    # semantic behaviour retrieval, the ones of the last 200 most similar to the sample's
+    # item by the cosine of item text vectors (retrieved: embedding.model; docs/ranking.md)
+    history_selection: Literal["recent", "retrieved"] = "recent"
     # evaluate and train: pick each backbone's config from a small grid by validation AUC
-    # (first seed, no knowledge), then each knowledge arm's start and knowledge learning rate
-    # (tuning.TUNING_GRID, KNOWLEDGE_GRID); on by default: untuned, informative knowledge
+    # (first seed, no knowledge), then each knowledge arm's start, knowledge learning rate
+    # and input standardisation (tuning.TUNING_GRID, KNOWLEDGE_GRID; `kar train` publishes
+    # the adaptor of the knowledge arm's choice); on by default: untuned, informative knowledge
     # kept little of its signal (issue 31: DeepFM +0.11% untuned, +0.93% tuned)
     tune: bool = True
     # backbone settings, FuxiCTR style: {"default": {...}, "deepfm": {...}, ...}; each

@@ -87,6 +87,7 @@ def test_trained_adaptor_round_trip(trained, tmp_path):
         "config.json",
         "weights.safetensors",
         "metrics.json",
+        "manifest.json",  # an artifact (kar.artifacts)
     }
     meta = json.loads((folder / "config.json").read_text())
     assert meta["input_dim"] == 8 and meta["backbone"] == "deepfm" and meta["seed"] == 0

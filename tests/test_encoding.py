@@ -182,6 +182,7 @@ def test_encode_knowledge_end_to_end(encoder: TextEncoder, tmp_path: Path) -> No
         "user_vectors.parquet",
         "item_vectors.parquet",
         "meta.json",
+        "manifest.json",  # an artifact (kar.artifacts)
     }
     loaded = EntityVectors.load(folder)
     assert loaded.dim == 384 and loaded.encoder_id == vectors.encoder_id

@@ -18,6 +18,7 @@ from kar.cli import app
 from kar.data.demo import HIDDEN_TRAITS, simulate_demo
 from kar.encoding import EntityVectors
 from kar.models.toydata import random_knowledge
+from kar.models.tuning import KNOWLEDGE_GRID
 from kar.pipeline import init_project
 
 N_USERS = 60
@@ -99,9 +100,15 @@ def test_useless_knowledge_still_publishes_a_trained_adaptor_and_says_so(useless
     metrics = saved.metrics
     assert metrics["gate_open"] is False and metrics["best_trained_epoch"] >= 1
     assert metrics["gate_probability"] < 0.99 and metrics["tuning"]["config"]["lr"] > 0
-    # the search was logged for `kar evaluate` (the none model, the first seed)
+    # the search was logged for `kar evaluate` (the none model and the knowledge arm's
+    # grid point, the first seed): the evaluation reuses both instead of training them again
     runs = (useless / "artifacts" / "reports" / "evaluate_runs.jsonl").read_text().splitlines()
-    assert [json.loads(line)["arm"] for line in runs] == ["none"]
+    logged = [json.loads(line) for line in runs]
+    assert [row["arm"] for row in logged] == ["none", "knowledge"]
+    knowledge_point = json.loads(logged[1]["config"])
+    none_point = json.loads(logged[0]["config"])
+    extra = {k: v for k, v in knowledge_point.items() if k not in none_point}
+    assert extra in KNOWLEDGE_GRID and metrics["tuning"]["config"] == knowledge_point
 
     # --require-gain refuses: exit 1, one message, nothing written to the repository
     repo = useless / "feature_repo"

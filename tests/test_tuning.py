@@ -8,6 +8,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from kar.models.harness import compare
 from kar.models.inputs import CTRFeatures
@@ -142,3 +143,30 @@ def test_model_config_in_kar_yaml_reaches_each_backbone(features) -> None:
     ).training
     with pytest.raises(ConfigError, match="(?s)invalid din config.*embeding_dim"):
         train_ctr(plain, "din", bad.backbone_config("din"))
+
+
+def test_a_knowledge_grid_point_sets_start_lr_scale_and_standardisation(features) -> None:
+    from kar.adaptor.config import AdaptorConfig
+    from kar.models.tuning import ADAPTOR_KEYS, adaptor_of, start_and_config, train_at_point
+
+    assert any(p.get("standardize") for p in KNOWLEDGE_GRID)  # chosen per arm, not fixed
+    assert any(not p.get("standardize") for p in KNOWLEDGE_GRID)
+    point = {"lr": 1e-2, "start": "fresh", "knowledge_lr_scale": 5.0, "standardize": True}
+    config, warm = start_and_config(point, warm_start=True)
+    assert config == {"lr": 1e-2, "knowledge_lr_scale": 5.0} and warm is False
+    assert not set(ADAPTOR_KEYS) & set(config)
+    base = AdaptorConfig()
+    assert adaptor_of(point, base).standardize and not base.standardize
+    assert adaptor_of({"lr": 1e-2}, base) is base
+
+    result = train_at_point(
+        features, "deepfm", CONFIG, point, base, None, seed=0, warm_start=True
+    )
+    assert result.adaptor_config.standardize and result.model_config.knowledge_lr_scale == 5.0
+    # the z-scoring statistics were fitted on the raw encodings (not left at 0 / 1)
+    mean = result.adaptor.input_mean
+    assert torch.count_nonzero(mean) > 0
+    plain = train_at_point(
+        features, "deepfm", CONFIG, {"lr": 1e-2}, base, None, seed=0, warm_start=True
+    )
+    assert torch.count_nonzero(plain.adaptor.input_mean) == 0

@@ -11,10 +11,12 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
 
+from kar.artifacts import check_manifest, manifest
 from kar.errors import ConfigError, DataValidationError
 from kar.project import CODEBOOK_FILE as CODEBOOK_FILE  # re-exported: the file's name
 
@@ -146,9 +148,11 @@ class KnowledgeCodebooks:
     """One codebook per knowledge kind, fitted on the adapted vectors of a training run.
 
     Saved beside the adapted vectors, so a refresh assigns codes to new vectors with the
-    codebook the published codes came from (never refitted there).
+    codebook the published codes came from (never refitted there). An artifact saved as one
+    ``.npz`` file that holds its manifest (:mod:`kar.artifacts`).
     """
 
+    KIND: ClassVar[str] = "knowledge_codebooks"
     user: KnowledgeCodebook
     item: KnowledgeCodebook
     size: int  # the configured size (each kind's k may be smaller: capped by distinct vectors)
@@ -182,7 +186,9 @@ class KnowledgeCodebooks:
         """Write one ``.npz`` (centroids per kind + JSON metadata; no pickled objects)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"size": self.size, "seed": self.seed, "fingerprint": self.fingerprint}
+        meta = manifest(
+            self.KIND, 1, size=self.size, seed=self.seed, fingerprint=self.fingerprint
+        )  # one file: its manifest inside (kar.artifacts)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as f:
             np.savez(
@@ -199,7 +205,7 @@ class KnowledgeCodebooks:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
+                meta = check_manifest(json.loads(str(data["meta"])), cls.KIND, path)
                 user, item = data["user"], data["item"]
         except FileNotFoundError:
             raise ConfigError(f"no knowledge codebook at {path}") from None

@@ -1,6 +1,7 @@
 """A trained adaptor as a folder (sentence-transformers style) that exports adapted vectors.
 
-Folder layout: ``config.json`` (adaptor config, input dim, encoder id, backbone, seed),
+Folder layout (an artifact, :mod:`kar.artifacts`): ``manifest.json``, ``config.json``
+(adaptor config, input dim, encoder id, backbone, seed),
 ``weights.safetensors``, ``metrics.json`` (the training run's metrics; from ``kar train``
 also the gate's verdict, the validation AUCs with and without knowledge and the bootstrap
 probability, :mod:`kar.adaptor.verdict`).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from kar.adaptor.config import AdaptorConfig
 from kar.adaptor.experts import KnowledgeAdaptor, build_adaptor
+from kar.artifacts import prepare_folder, read_manifest, write_manifest
 from kar.errors import ConfigError, DataValidationError
 from kar.project import ADAPTOR_CONFIG_FILE as CONFIG_FILE
 from kar.project import ADAPTOR_METRICS_FILE as METRICS_FILE
@@ -32,6 +34,7 @@ VECTOR_SCHEMA = {"entity_id": pl.Utf8, "vector": pl.List(pl.Float32)}
 class TrainedAdaptor:
     """An adaptor module plus its lineage; produces one vector per user and per item."""
 
+    KIND: ClassVar[str] = "trained_adaptor"  # an artifact (kar.artifacts)
     config: AdaptorConfig
     module: KnowledgeAdaptor
     encoder: str | None = None
@@ -57,8 +60,7 @@ class TrainedAdaptor:
 
     def save(self, directory: str | Path) -> Path:
         """Write the folder; returns its path."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_folder(directory)
         meta = {
             "adaptor": self.config.model_dump(),
             "input_dim": self.input_dim,
@@ -71,15 +73,15 @@ class TrainedAdaptor:
         state = {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(out / WEIGHTS_FILE))
         (out / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=str), "utf-8")
+        files = [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE]
+        write_manifest(out, self.KIND, 1, files=files, encoder=self.encoder, backbone=self.backbone)
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> TrainedAdaptor:
         """Read a folder written by :meth:`save`."""
         path = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise ConfigError(f"trained adaptor folder {path} lacks {name}")
+        read_manifest(path, cls.KIND, (CONFIG_FILE, WEIGHTS_FILE))
         try:
             meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
             config = AdaptorConfig.model_validate(meta["adaptor"])

@@ -1,7 +1,7 @@
-"""Embedding stage: LLM / encoder item embeddings, collaborative tuning, a user tower, and
-vector-indexed Feast views for i2i / u2i retrieval and cold start (docs/embedding.md). A
-stage of the project: ``kar.Project.embed()`` / ``embed_tune()`` / ``embed_users()``, set in
-kar.yaml's ``embedding:`` section.
+"""Embedding stage: LLM / encoder item embeddings, collaborative tuning, SAID, a user tower,
+and vector-indexed Feast views for i2i / u2i retrieval and cold start (docs/embedding.md). A
+stage of the project: ``kar.Project.embed()`` / ``embed_tune()`` / ``embed_said()`` /
+``embed_users()``, set in kar.yaml's ``embedding:`` section.
 
 Importing this package does not import torch, transformers or feast.
 """
@@ -22,6 +22,9 @@ _EXPORTS = {
     "TuneConfig": "kar.embedding.tune",
     "tune_embeddings": "kar.embedding.tune",
     "load_tuned": "kar.embedding.tune",
+    "SAIDConfig": "kar.embedding.said",
+    "fit_said": "kar.embedding.said",
+    "train_said": "kar.embedding.said",
     "TowerConfig": "kar.embedding.tower",
     "UserTower": "kar.embedding.tower",
     "train_user_tower": "kar.embedding.tower",

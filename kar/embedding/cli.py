@@ -1,4 +1,4 @@
-"""``kar embed`` (item embeddings, tuning, user tower) and ``kar features similar``: each
+"""``kar embed`` (item embeddings, tuning, SAID, user tower) and ``kar features similar``: each
 calls a :class:`kar.Project` method and prints what it did."""
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ def _print(report: EmbeddingReport) -> None:
         console.print(
             f"tuned ({result.method}): {result.steps} steps, best epoch {result.best_epoch + 1} "
             f"(valid Recall@10 per epoch: {scores}) -> {result.directory}"
+        )
+    if report.said is not None:
+        said = report.said
+        losses = " -> ".join(f"{x:.3f}" for x in said.losses)
+        pace = f", {said.seconds_per_epoch:.0f} s per epoch" if said.seconds_per_epoch else ""
+        console.print(
+            f"SAID: {said.epochs_done} epoch(s), {said.steps} steps{pace}; the frozen LLM's "
+            f"loss on the item texts per epoch: {losses or 'none yet'} -> {paths.said}"
         )
     if report.items is not None:
         vectors = report.items
@@ -81,6 +89,17 @@ def users(
     """Train the user tower on the item embeddings and export one vector per user."""
     proj = open_project(project)
     _print(guard(lambda: proj.embed_users(publish=publish)))
+
+
+@embed_app.command("said")
+def said(
+    project: Path = PROJECT_DIR,
+    publish: bool = typer.Option(True, help="Publish the SAID item vectors to Feast."),
+) -> None:
+    """SAID: train an ID -> soft-token projection so the frozen LLM regenerates each item's
+    text (resumable); its vectors become the item vectors, published to Feast."""
+    proj = open_project(project)
+    _print(guard(lambda: proj.embed_said(publish=publish)))
 
 
 def similar(

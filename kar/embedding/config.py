@@ -63,6 +63,24 @@ class TowerSettings(_Section):
     seed: int = 0  # initialisation and shuffling
 
 
+class SAIDSettings(_Section):
+    """SAID: a projection from each item's ID to soft tokens of a frozen LLM, trained so the
+    LLM regenerates the item's text (`kar embed said`, kar.embedding.said)."""
+
+    model: str | None = None  # the frozen LLM: None / smollm2 (bundled SmolLM2-135M) | HF folder
+    soft_tokens: int = Field(4, ge=1)  # k soft tokens per item
+    id_dim: int = Field(64, ge=1)  # width of the ID embedding table
+    hidden: int = Field(256, ge=1)  # width of the MLP from ID embedding to k x LLM hidden size
+    lr: float = Field(3e-3, gt=0)  # AdamW learning rate (constant)
+    epochs: int = Field(5, ge=1)  # passes over the items (raising it continues a finished run)
+    batch_size: int = Field(8, ge=1)  # items per step
+    max_text_tokens: int = Field(32, ge=2)  # text tokens per item (end-of-text included)
+    output: Literal["mean", "flat"] = "mean"  # item vector: mean of the soft tokens, or all
+    checkpoint_every: int = Field(20, ge=1)  # steps between checkpoints (resumable)
+    threads: int = Field(1, ge=1)  # torch CPU threads
+    seed: int = 0  # initialisation and batch order
+
+
 class FeastSettings(_Section):
     """The Feast repository of the vector-indexed views (i2i / u2i search)."""
 
@@ -84,6 +102,7 @@ class EmbeddingSettings(_Section):
     cooccurrence: CooccurrenceSettings = Field(default_factory=CooccurrenceSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
     tower: TowerSettings = Field(default_factory=TowerSettings)
+    said: SAIDSettings = Field(default_factory=SAIDSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @classmethod

@@ -1,14 +1,17 @@
-"""The embedding stage of a project: embed items, tune, the user tower, publish to Feast.
+"""The embedding stage of a project: embed items, tune, SAID, the user tower, publish to Feast.
 
-``kar.Project.embed()`` / ``embed_tune()`` / ``embed_users()`` call :func:`run_embed` with
-the project's loaded dataset and split; the settings are kar.yaml's ``embedding:`` section.
+``kar.Project.embed()`` / ``embed_tune()`` / ``embed_said()`` / ``embed_users()`` call
+:func:`run_embed` with the project's loaded dataset and split; the settings are kar.yaml's
+``embedding:`` section.
 Artifacts under ``artifacts/embedding/``: ``items/`` (item vectors, EntityVectors format),
-``tuned/`` (the tuned embedder, checkpoints while it trains), ``tower/`` (the user tower),
-``users/`` (user vectors); the Feast repository is ``embedding.feast.repo``.
+``tuned/`` (the tuned embedder, checkpoints while it trains), ``said/`` (SAID's checkpoint),
+``tower/`` (the user tower), ``users/`` (user vectors); the Feast repository is
+``embedding.feast.repo``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,12 +25,13 @@ if TYPE_CHECKING:
     from kar.data.schema import Dataset, Split
     from kar.embedding.embedder import ItemEmbedder
     from kar.embedding.feast_repo import EmbeddingPublishReport
+    from kar.embedding.said import SAIDResult
     from kar.embedding.tower import UserTower
     from kar.embedding.tune import TuneResult
     from kar.encoding import EntityVectors
     from kar.project import ProjectFolder
 
-Step = Literal["items", "tune", "users"]
+Step = Literal["items", "tune", "users", "said"]
 META_FILE = "meta.json"  # what EntityVectors.save writes: the vectors are there
 
 
@@ -54,6 +58,10 @@ class EmbeddingPaths:
         return self.directory / "tuned"
 
     @property
+    def said(self) -> Path:
+        return self.directory / "said"
+
+    @property
     def tower(self) -> Path:
         return self.directory / "tower"
 
@@ -70,6 +78,7 @@ class EmbeddingReport:
     items: EntityVectors | None = None  # the item vectors embedded
     users: EntityVectors | None = None  # the user vectors of the tower
     tuning: TuneResult | None = None
+    said: SAIDResult | None = None  # SAID's training (its vectors are ``items``)
     tower: UserTower | None = None
     published: EmbeddingPublishReport | None = None
 
@@ -174,6 +183,37 @@ def tune_items(
     )
 
 
+def said_items(
+    folder: ProjectFolder, data: tuple[Dataset, Split], *, progress: bool = True
+) -> tuple[SAIDResult, EntityVectors]:
+    """Train SAID's ID -> soft-token projection on every item's text with the LLM frozen
+    (resumable: ``said/checkpoint.pt``); its vectors become the item vectors (``items/``)."""
+    from kar.embedding.said import SAIDConfig, fit_said
+    from kar.encoding import EntityVectors
+    from kar.encoding.vectors import vectors_frame
+
+    settings = folder.settings.embedding.said
+    texts = item_texts_of(folder, data[0])
+    ids = sorted(texts)
+    paths = EmbeddingPaths.of(folder)
+    result = fit_said(
+        [texts[i] for i in ids],
+        SAIDConfig(**settings.model_dump()),
+        paths.said / "checkpoint.pt",
+        progress=progress,
+    )
+    matrix = result.vectors
+    digest = hashlib.sha256(matrix.tobytes()).hexdigest()[:8]  # the id changes with the vectors
+    vectors = EntityVectors(
+        users=vectors_frame([], np.zeros((0, matrix.shape[1]), dtype=np.float32)),
+        items=vectors_frame(ids, matrix),
+        dim=int(matrix.shape[1]),
+        encoder_id=f"said({result.model_id},k={settings.soft_tokens},{settings.output})@{digest}",
+    )
+    vectors.save(paths.items)
+    return result, vectors
+
+
 def _sequences(frame: pl.DataFrame, index: dict[str, int]) -> tuple[list[str], list[np.ndarray]]:
     """(user ids, each user's item rows in time order) of an interactions frame."""
     users, rows = [], []
@@ -248,6 +288,8 @@ def publish_vectors(folder: ProjectFolder, dataset: Dataset) -> EmbeddingPublish
     paths = EmbeddingPaths.of(folder)
     items = _saved_items(paths)
     users = EntityVectors.load(paths.users) if (paths.users / META_FILE).is_file() else None
+    if users is not None and users.encoder_id != f"user_tower({items.encoder_id})":
+        users = None  # a tower over other item vectors (before `kar embed said` / tune)
     repo = init_embedding_repo(
         paths.repo,
         paths.feast_project,
@@ -278,13 +320,16 @@ def run_embed(
 
     ``items``: embed every item (the tuned model if there is one, unless ``raw``);
     ``tune``: contrastive tuning, then re-embed with the tuned model; ``users``: the user
-    tower and one vector per user.
+    tower and one vector per user; ``said``: SAID's projection, its vectors the item vectors.
+    User vectors of a tower over other item vectors than the saved ones are not published.
     """
-    if step not in ("items", "tune", "users"):
-        raise KarError(f"unknown embedding step {step!r}; expected items | tune | users")
+    if step not in ("items", "tune", "users", "said"):
+        raise KarError(f"unknown embedding step {step!r}; expected items | tune | users | said")
     report = EmbeddingReport(EmbeddingPaths.of(folder))
     if step == "users":
         report.tower, report.users = train_users(folder, data, progress=progress)
+    elif step == "said":
+        report.said, report.items = said_items(folder, data, progress=progress)
     else:
         if step == "tune":
             report.tuning = tune_items(folder, data, progress=progress)

@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from kar.artifacts import prepare_folder, read_manifest, write_manifest
 from kar.errors import KarError
 
 WEIGHTS = "user_tower.pt"
 CONFIG = "user_tower.json"
+ITEM_VECTORS = "item_vectors.npy"  # the item vectors the tower was trained to read
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def _batch(vectors: Any, histories: Sequence[np.ndarray], max_len: int) -> tuple
 class UserTower:
     """A trained tower and the item vectors it reads (rows = catalogue item indices)."""
 
+    KIND: ClassVar[str] = "user_tower"  # an artifact (kar.artifacts)
     config: TowerConfig
     module: Any
     item_vectors: np.ndarray
@@ -121,11 +124,13 @@ class UserTower:
         return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
 
     def save(self, directory: Path) -> Path:
+        """Write the weights, the item vectors it reads, its config and the manifest
+        (:mod:`kar.artifacts`)."""
         import torch
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = prepare_folder(directory)
         torch.save(self.module.state_dict(), directory / WEIGHTS)
+        np.save(directory / ITEM_VECTORS, self.item_vectors, allow_pickle=False)
         meta = {
             "config": asdict(self.config),
             "dim": int(self.item_vectors.shape[1]),
@@ -133,15 +138,21 @@ class UserTower:
             "best_epoch": self.best_epoch,
         }
         (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        write_manifest(directory, self.KIND, 1, files=[WEIGHTS, ITEM_VECTORS, CONFIG])
         return directory
 
     @classmethod
-    def load(cls, directory: Path, item_vectors: np.ndarray) -> UserTower:
+    def load(cls, directory: Path, item_vectors: np.ndarray | None = None) -> UserTower:
+        """Read a folder written by :meth:`save`; ``item_vectors``: read these instead of
+        the saved ones (e.g. the catalogue's vectors after new items were embedded)."""
         import torch
 
         directory = Path(directory)
-        if not (directory / CONFIG).is_file():
-            raise KarError(f"{directory} holds no user tower ({CONFIG} missing)")
+        read_manifest(directory, cls.KIND, (CONFIG, WEIGHTS))
+        if item_vectors is None:
+            if not (directory / ITEM_VECTORS).is_file():
+                raise KarError(f"user tower folder {directory} lacks {ITEM_VECTORS}")
+            item_vectors = np.load(directory / ITEM_VECTORS, allow_pickle=False)
         meta = json.loads((directory / CONFIG).read_text())
         if int(meta["dim"]) != item_vectors.shape[1]:
             raise KarError(

@@ -6,11 +6,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
 
+from kar.artifacts import prepare_folder, read_manifest, write_manifest
 from kar.errors import DataValidationError, KarError
 
 USER_FILE = "user_vectors.parquet"
@@ -43,6 +44,7 @@ def _to_matrix(frame: pl.DataFrame, dim: int) -> np.ndarray:
 class EntityVectors:
     """Encoded knowledge: ``users`` and ``items`` frames (entity_id, vector), all of ``dim``."""
 
+    KIND: ClassVar[str] = "encoded_vectors"  # an artifact (kar.artifacts)
     users: pl.DataFrame
     items: pl.DataFrame
     dim: int
@@ -83,9 +85,9 @@ class EntityVectors:
         return out, missing
 
     def save(self, directory: str | Path) -> Path:
-        """Write user_vectors.parquet, item_vectors.parquet and meta.json."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write user_vectors.parquet, item_vectors.parquet, meta.json and the manifest
+        (:mod:`kar.artifacts`)."""
+        directory = prepare_folder(directory)
         self.users.write_parquet(directory / USER_FILE)
         self.items.write_parquet(directory / ITEM_FILE)
         meta = {
@@ -96,15 +98,15 @@ class EntityVectors:
             "items": self.items.height,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        files = [META_FILE, USER_FILE, ITEM_FILE]
+        write_manifest(directory, self.KIND, FORMAT_VERSION, files=files, **meta)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> EntityVectors:
         """Read a folder written by ``save``."""
         directory = Path(directory)
-        for name in (META_FILE, USER_FILE, ITEM_FILE):
-            if not (directory / name).is_file():
-                raise KarError(f"encoded vectors folder {directory} lacks {name}")
+        read_manifest(directory, cls.KIND, (META_FILE, USER_FILE, ITEM_FILE))
         try:
             meta = json.loads((directory / META_FILE).read_text())
             dim, encoder_id = int(meta["dim"]), str(meta["encoder_id"])

@@ -56,7 +56,7 @@ from kar.models.tuning import (
     TUNING_GRID,
     best_trial,
     choose_config,
-    start_and_config,
+    train_at_point,
 )
 
 if TYPE_CHECKING:
@@ -300,7 +300,8 @@ class Comparison:
         none_state: Mapping[str, torch.Tensor] | None,
     ) -> tuple[dict[str, Any], TrainResult]:
         """A knowledge arm's run at its point; with ``tune``, the arm first chooses its start
-        and knowledge learning rate (:data:`KNOWLEDGE_GRID`) on its own validation AUC."""
+        knowledge learning rate and standardisation (:data:`KNOWLEDGE_GRID`) on its own
+        (ungated) validation AUC."""
         base = choices.base_config
         if not (self.settings.tune and arm not in choices.arm_points):
             arm_point = choices.arm_points.get(arm, point)
@@ -311,7 +312,7 @@ class Comparison:
             (trial, self.train_knowledge(backbone, arm, seed, base, trial, none_state, False))
             for trial in ({**point, **k} for k in KNOWLEDGE_GRID)
         )
-        arm_point, result = best_trial(trials)
+        arm_point, result = best_trial(trials, ungated=True)
         evaluate_test_split(result, self.arm_features[arm])
         choices.arm_points[arm] = arm_point
         return arm_point, result
@@ -326,13 +327,12 @@ class Comparison:
         none_state: Mapping[str, torch.Tensor] | None,
         evaluate_test: bool = True,
     ) -> TrainResult:
-        """Train a knowledge arm at ``point`` (its start: warm from ``none_state`` or fresh),
-        its gate falling back to ``none_state``."""
-        config, warm = start_and_config(point, self.settings.warm_start)
-        init = none_state if warm else None
-        return self.train(
-            backbone, arm, seed, {**base_config, **config}, init, evaluate_test, none_state
-        )
+        """Train a knowledge arm at ``point`` (:func:`kar.models.tuning.train_at_point`)."""
+        return train_at_point(
+            self.arm_features[arm], backbone, base_config, point, self.adaptor_config,
+            none_state, seed=seed, warm_start=self.settings.warm_start,
+            progress=self.settings.progress, evaluate_test=evaluate_test,
+        )  # fmt: skip
 
     def train(
         self,

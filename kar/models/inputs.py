@@ -4,9 +4,12 @@ Index 0 is always padding / unknown. Id-embedding vocabularies are fitted on his
 only, so ids first seen in valid / test map to 0. Knowledge is looked up through a separate
 index over every user and item of the dataset (``user_k`` / ``item_k``): the LLM's knowledge
 of an item never seen in training still reaches the model (KAR's cold-start benefit).
-Behaviour sequences hold the user's last ``history_len`` interactions strictly before each
-sample's timestamp, over all interactions, with each one's label (``history_label``: 2 clicked,
-1 not, 0 padding) and its knowledge index (``history_k``). Point-in-time counters
+Behaviour sequences hold ``history_len`` of the user's interactions strictly before each
+sample's timestamp, over all interactions, oldest first, with each one's label
+(``history_label``: 2 clicked, 1 not, 0 padding) and its knowledge index (``history_k``):
+the most recent ones (``recent``, the default) or, ReLLa's semantic behaviour retrieval
+(``retrieved``), those of the last :data:`RETRIEVAL_WINDOW` most similar to the sample's item
+by the cosine of item text vectors (:func:`retrieved_sequences`). Point-in-time counters
 (:mod:`kar.models.counters`, standardised on train) are the dense input of every backbone.
 """
 
@@ -15,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import polars as pl
 
 from kar.data.schema import Dataset, Split
-from kar.errors import DataValidationError
+from kar.errors import ConfigError, DataValidationError
 from kar.models.counters import COUNTER_NAMES, counter_matrix
 from kar.vectors import vector_matrix
 
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "valid", "test")
 SAMPLE_COLUMNS = ("user_id", "item_id", "timestamp", "label")
+HistorySelection = Literal["recent", "retrieved"]
+HISTORY_SELECTIONS: tuple[str, ...] = get_args(HistorySelection)
+RETRIEVAL_WINDOW = 200  # retrieved: the user's last this many prior interactions are ranked
+_PAIRS_PER_CHUNK = 1 << 24  # retrieved: similarity matrix cells per chunk of samples
 
 
 def _vocab(values: pl.Series, name: str) -> pl.DataFrame:
@@ -69,11 +76,13 @@ def knowledge_matrix(
     return matrix, missing
 
 
-def behaviour_sequences(events: pl.DataFrame, samples: pl.DataFrame, length: int) -> np.ndarray:
-    """(n_samples, length) row numbers into ``events``: each sample's user's last ``length``
-    interactions (positive or negative) strictly before it, oldest first, -1 for padding.
+def prior_events(
+    events: pl.DataFrame, samples: pl.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, start, end): ``events[order]`` sorted by (user, time), and for each sample the
+    slice ``order[start:end]`` of its user's interactions strictly before its timestamp.
 
-    ``events`` (user_id, timestamp, ...) are all interactions. Vectorised with one searchsorted.
+    ``events`` (user_id, timestamp, ...) are all interactions. Vectorised with searchsorted.
     """
     users = pl.concat([events["user_id"], samples["user_id"]]).unique().sort()
     times = pl.concat([events["timestamp"], samples["timestamp"]]).unique().sort()
@@ -90,14 +99,122 @@ def behaviour_sequences(events: pl.DataFrame, samples: pl.DataFrame, length: int
     event_keys = keys(events)
     order = np.argsort(event_keys, kind="stable")
     event_keys = event_keys[order]
-
     sample_keys = keys(samples)
     end = np.searchsorted(event_keys, sample_keys, side="left")  # strictly before (user, ts)
     start = np.searchsorted(event_keys, (sample_keys // span) * span, side="left")  # user's first
-    idx = end[:, None] - length + np.arange(length)[None, :]
+    return order, start, end
+
+
+def last_events(order: np.ndarray, start: np.ndarray, end: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) rows ``order[end - width:end]`` per sample, -1 before ``start`` (padding)."""
+    idx = end[:, None] - width + np.arange(width)[None, :]
     valid = idx >= start[:, None]
     gathered = order[np.clip(idx, 0, max(len(order) - 1, 0))] if len(order) else 0
     return np.where(valid, gathered, -1).astype(np.int64)
+
+
+def behaviour_sequences(events: pl.DataFrame, samples: pl.DataFrame, length: int) -> np.ndarray:
+    """(n_samples, length) row numbers into ``events``: each sample's user's last ``length``
+    interactions (positive or negative) strictly before it, oldest first, -1 for padding.
+
+    ``events`` (user_id, timestamp, ...) are all interactions. Vectorised with one searchsorted.
+    """
+    return last_events(*prior_events(events, samples), length)
+
+
+@dataclass(frozen=True)
+class ItemSimilarity:
+    """Unit-norm item vectors by item id: the cosine of two items (behaviour retrieval)."""
+
+    vocab: pl.DataFrame  # item_id, item_id_idx (1..n)
+    unit: np.ndarray  # (n + 1, d) float32; row 0 (no vector) is zeros
+
+    @classmethod
+    def from_frame(cls, vectors: pl.DataFrame) -> ItemSimilarity:
+        """From an (entity_id, vector) frame of items (e.g. ``EntityVectors.items``)."""
+        ids, matrix = vector_matrix(vectors, "item")
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        unit = np.zeros((len(ids) + 1, matrix.shape[1]), dtype=np.float32)
+        unit[1:] = matrix / np.where(norms > 0, norms, 1.0)
+        vocab = pl.DataFrame(
+            {"item_id": ids, "item_id_idx": np.arange(1, len(ids) + 1)},
+            schema_overrides={"item_id": pl.Utf8},
+        )
+        return cls(vocab=vocab, unit=unit)
+
+    def codes(self, frame: pl.DataFrame) -> np.ndarray:
+        """Each row's item as a row of :attr:`unit` (0: the item has no vector)."""
+        return _lookup(frame, "item_id", self.vocab, "_v").to_numpy()
+
+    def pairs(self, targets: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(B, M) cosine of each target code (B,) with each candidate code (B, M), computed
+        for the distinct targets; -2 (below any cosine) where either has no vector."""
+        t_ids, t_inv = np.unique(targets, return_inverse=True)
+        if len(self.unit) <= candidates.size:  # a row per distinct target over every item
+            table, cols = self.unit[t_ids] @ self.unit.T, candidates
+        else:  # a large catalogue: over the distinct candidates only
+            c_ids, c_inv = np.unique(candidates, return_inverse=True)
+            table, cols = self.unit[t_ids] @ self.unit[c_ids].T, c_inv.reshape(candidates.shape)
+        sims = table[t_inv.reshape(-1, 1), cols]
+        return np.where((targets[:, None] > 0) & (candidates > 0), sims, -2.0)
+
+
+def item_similarity(selection: str, item_vectors: pl.DataFrame | None) -> ItemSimilarity | None:
+    """What a behaviour-sequence ``selection`` needs: None for ``recent``, the item vectors'
+    :class:`ItemSimilarity` for ``retrieved`` (which cannot go without them)."""
+    if selection not in HISTORY_SELECTIONS:
+        raise ConfigError(
+            f"history selection {selection!r}: expected one of {', '.join(HISTORY_SELECTIONS)}"
+        )
+    if selection == "recent":
+        return None
+    if item_vectors is None or item_vectors.height == 0:
+        raise ConfigError(
+            "history selection 'retrieved' ranks a user's history by item text similarity: "
+            "it needs item vectors (an entity_id, vector frame), none were given"
+        )
+    return ItemSimilarity.from_frame(item_vectors)
+
+
+def top_in_time_order(candidates: np.ndarray, sims: np.ndarray, length: int) -> np.ndarray:
+    """The ``length`` most similar of each row's candidate event rows (oldest first in the
+    row, -1 padding), ties to the more recent, returned in time order with padding first."""
+    width = candidates.shape[1]
+    keyed = np.where(candidates >= 0, -sims, np.inf)[:, ::-1]  # most recent first
+    best = np.argsort(keyed, axis=1, kind="stable")[:, :length]
+    return np.take_along_axis(candidates, np.sort(width - 1 - best, axis=1), axis=1)
+
+
+def retrieved_sequences(
+    events: pl.DataFrame,
+    samples: pl.DataFrame,
+    length: int,
+    similarity: ItemSimilarity,
+    window: int = RETRIEVAL_WINDOW,
+) -> np.ndarray:
+    """ReLLa's semantic behaviour retrieval: like :func:`behaviour_sequences`, but the
+    ``length`` rows are those of the user's last ``window`` interactions strictly before the
+    sample whose item is most similar (cosine of item vectors) to the sample's item, kept
+    in time order. Items without a vector rank below every other (a target without one
+    gets its recent ``length``). Samples are taken in chunks sorted by target item, so each
+    chunk compares few distinct targets with few distinct history items."""
+    if window < length:
+        raise ConfigError(f"retrieval window {window} is shorter than history_len {length}")
+    order, start, end = prior_events(events, samples)
+    event_codes = similarity.codes(events)
+    targets = similarity.codes(samples)
+    out = np.full((samples.height, length), -1, dtype=np.int64)
+    if events.height == 0:
+        return out
+    by_target = np.argsort(targets, kind="stable")
+    step = int(np.clip(_PAIRS_PER_CHUNK // max(len(similarity.unit), window), 64, 4096))
+    for first in range(0, len(by_target), step):
+        rows = by_target[first : first + step]
+        candidates = last_events(order, start[rows], end[rows], window)
+        codes = np.where(candidates >= 0, event_codes[np.clip(candidates, 0, None)], 0)
+        sims = similarity.pairs(targets[rows], codes)
+        out[rows] = top_in_time_order(candidates, sims, length)
+    return out
 
 
 def _gather(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -233,6 +350,16 @@ class _Indexer:
     events: pl.DataFrame  # every interaction, sorted by user, timestamp
     counters: dict[str, np.ndarray]  # split -> standardised counters
     history_len: int
+    similarity: ItemSimilarity | None = None  # set: retrieved sequences, else recent ones
+    retrieval_window: int = RETRIEVAL_WINDOW
+
+    def sequences(self, frame: pl.DataFrame) -> np.ndarray:
+        """Each row's behaviour sequence as rows of :attr:`events` (-1 padding)."""
+        if self.similarity is None:
+            return behaviour_sequences(self.events, frame, self.history_len)
+        return retrieved_sequences(
+            self.events, frame, self.history_len, self.similarity, self.retrieval_window
+        )
 
     @cached_property
     def event_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,7 +398,7 @@ class _Indexer:
     def split_arrays(self, name: str, frame: pl.DataFrame) -> dict[str, np.ndarray]:
         """Every model input of split ``name`` (rows of ``frame``), C-contiguous and writable."""
         event_items, event_items_k, event_labels = self.event_columns
-        seq = behaviour_sequences(self.events, frame, self.history_len)
+        seq = self.sequences(frame)
         arrays = {
             "user": _lookup(frame, "user_id", self.users, "user").to_numpy(),
             "item": _lookup(frame, "item_id", self.items, "item").to_numpy(),
@@ -416,10 +543,18 @@ class CTRFeatures:
         knowledge_users: pl.DataFrame | None = None,
         knowledge_items: pl.DataFrame | None = None,
         top_creators: int = 500,
+        history_selection: HistorySelection = "recent",
+        item_vectors: pl.DataFrame | None = None,
+        retrieval_window: int = RETRIEVAL_WINDOW,
     ) -> CTRFeatures:
-        """Index ``split`` for CTR training; knowledge frames are (entity_id, vector)."""
+        """Index ``split`` for CTR training; knowledge frames are (entity_id, vector).
+
+        ``history_selection``: ``recent`` (the last ``history_len`` interactions) or
+        ``retrieved`` (:func:`retrieved_sequences` over the last ``retrieval_window``, by
+        the cosine of ``item_vectors``, an (entity_id, vector) frame of items)."""
         if history_len < 1:
             raise ValueError("history_len must be >= 1")
+        similarity = item_similarity(history_selection, item_vectors)
         if (knowledge_users is None) != (knowledge_items is None):
             raise ValueError("give both knowledge_users and knowledge_items, or neither")
         frames = _sample_frames(split)
@@ -438,6 +573,8 @@ class CTRFeatures:
             events=events,
             counters=_standard_counters(events, frames),
             history_len=history_len,
+            similarity=similarity,
+            retrieval_window=retrieval_window,
         )
         fit_n = {key: fit.group_by(f"{key}_id").len("_n") for key in ("user", "item")}
         arrays = {s: indexer.split_arrays(s, frames[s]) for s in SPLITS}
@@ -460,7 +597,7 @@ class CTRFeatures:
             samples={s: frames[s] for s in SPLITS},
             events=events,
             fit_counts=fit_counts,
-            meta={"dataset": ds.name},
+            meta={"dataset": ds.name, "history_selection": history_selection},
         )
         if knowledge_users is not None and knowledge_items is not None:
             out = out.with_knowledge(knowledge_users, knowledge_items)

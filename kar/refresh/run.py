@@ -29,7 +29,15 @@ import polars as pl
 
 from kar.errors import KarError
 from kar.generation.imports import imported_since
-from kar.pipeline import Subset, knowledge_rows, load_data, make_encoder, run_generate, time_split
+from kar.pipeline import (
+    StageContext,
+    Subset,
+    knowledge_rows,
+    load_data,
+    make_encoder,
+    run_generate,
+    time_split,
+)
 from kar.refresh.report import RefreshReport
 from kar.refresh.state import PendingRun, RefreshState
 
@@ -204,8 +212,10 @@ def _generate(
     progress: bool,
 ) -> None:
     """``kar generate``'s stage on the run's entities (collective modes and imports included)."""
-    data = (dataset, time_split(project, dataset))
-    reports = run_generate(project, data=data, store=store, subset=subset, progress=progress)
+    context = StageContext(project, subset).keep(
+        data=(dataset, time_split(project, dataset)), store=store
+    )
+    reports = run_generate(context, progress=progress)
     for result in reports.values():
         report.llm_calls += result.llm_calls
         report.prompt_tokens += result.prompt_tokens
