@@ -90,3 +90,15 @@ def read_manifest(directory: str | Path, kind: str, files: tuple[str, ...] = ())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"{path}: damaged manifest ({exc}); save the {what} again") from None
     return check_manifest(meta, kind, folder)
+
+
+def torch_save_atomically(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename: a kill mid-write
+    leaves the previous file (checkpoints, weights)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

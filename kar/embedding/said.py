@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kar.artifacts import torch_save_atomically
 from kar.errors import DataValidationError, KarError
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,6 @@ class _Run:
         """Write projection, optimiser and position (atomically: a kill never leaves half)."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         saved = {
             "signature": self.signature,
             "projection": self.projection.state_dict(),
@@ -195,8 +193,7 @@ class _Run:
             "state": self.state,
             "llm_hidden": self.projection.llm_hidden,
         }
-        torch.save(saved, tmp)
-        os.replace(tmp, self.path)
+        torch_save_atomically(saved, self.path)
 
     def resume(self, saved: dict[str, Any] | None) -> int:
         """Continue from ``saved`` (a checkpoint of this run, or None); the step resumed at."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import polars as pl
 
+from kar.artifacts import torch_save_atomically
 from kar.embedding.embedder import ItemEmbedder
 from kar.errors import DataValidationError, KarError
 
@@ -217,14 +217,6 @@ def _trainable(model: Any, top_layers: int | None) -> list[Any]:
     return keep
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _checked_pairs(config: TuneConfig, texts: Mapping[str, str], pairs: pl.DataFrame) -> Any:
     """``pairs`` (cut to ``max_pairs``) after checking the method, columns and items."""
     if config.method not in ("encoder", "projection", "mlp"):
@@ -315,7 +307,7 @@ class _Trainee:
             self.embedder.save(directory / MODEL_DIR)
             return
         state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
-        _atomic_save({"state": state, "hidden": hidden}, directory / HEAD)
+        torch_save_atomically({"state": state, "hidden": hidden}, directory / HEAD)
 
 
 @dataclass
@@ -349,7 +341,7 @@ class _Run:
         return int(self.state["global_step"])
 
     def checkpoint(self) -> None:
-        _atomic_save(
+        torch_save_atomically(
             {
                 "signature": self.signature,
                 "trainable": self.trainee.module.state_dict(),
