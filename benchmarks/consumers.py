@@ -2,7 +2,8 @@
 
     python benchmarks/consumers.py --dataset demo-oracle [--project DIR] [--seeds 3]
         [--consumers deepctr_deepfm,rechub_widedeep,gbdt,kar_deepfm,kar_din]
-        [--arms none,published,shuffled,pca,joint] [--max-rows N | --quick] [--out FILE.md]
+        [--arms none,published,shuffled,pca,joint,published+affinity,shuffled+affinity,
+                affinity,shuffled_affinity] [--max-rows N | --quick] [--out FILE.md]
 
 Datasets (``--dataset``, comma-separated; ``--project`` names the folder when there is one):
 - ``demo-oracle``: a project made like ``kar init DIR --demo oracle`` (item knowledge = each
@@ -24,6 +25,13 @@ same vectors permuted across entities: identity without information); ``pca`` (a
 (kar's adaptor over the raw encodings inside the model, trained with its loss:
 examples/joint_deepctr.py; kar's backbones: kar's own joint training). Fixed vectors are
 z-scored per dimension over the entities, as a consumer scales any dense input.
+Affinity arms (the user x item knowledge match ``knowledge_affinity:user_item_knowledge_dot``,
+Feast's on-demand view: the inner product of the published user and item vectors, 0 where
+either is missing; one more dense input beside the counters, z-scored on train):
+``published+affinity`` (the published vectors plus the score read back through Feast) and its
+control ``shuffled+affinity`` (the shuffled vectors plus the score recomputed from them);
+``affinity`` (the score alone) and its control ``shuffled_affinity``. Each knowledge arm is
+compared with its own control (``vs shuffled``): ``shuffled`` for published / pca / joint.
 
 Consumers: ``deepctr_deepfm`` (DeepCTR-Torch DeepFM), ``rechub_widedeep`` (torch-rechub
 Wide&Deep), ``gbdt`` (scikit-learn HistGradientBoosting; no joint arm), ``kar_<backbone>``
@@ -67,8 +75,11 @@ DEFAULT_PROJECTS = {
     "ml-100k-facts": WORK / "ml-100k-facts",
 }
 CONSUMERS = ("deepctr_deepfm", "rechub_widedeep", "gbdt", "kar_deepfm", "kar_din")
-ARMS = ("none", "published", "shuffled", "pca", "joint")
-KNOWLEDGE_ARMS = ("published", "pca", "joint")  # compared with none and shuffled
+AFFINITY_ARMS = ("published+affinity", "shuffled+affinity", "affinity", "shuffled_affinity")
+ARMS = ("none", "published", "shuffled", "pca", "joint", *AFFINITY_ARMS)
+KNOWLEDGE_ARMS = ("published", "pca", "joint", "published+affinity", "affinity")
+# each knowledge arm's control: the same input from vectors shuffled across entities
+CONTROLS = {"published+affinity": "shuffled+affinity", "affinity": "shuffled_affinity"}
 SPLITS = ("train", "valid", "test")
 PCA_DIM = 32
 
@@ -117,18 +128,39 @@ def read_knowledge(
     """Point-in-time join of ``rows`` (user_id, item_id, event_timestamp, split) with the
     Feast feature refs ``refs`` (key -> ``view:feature``; a key starts with its entity,
     ``user`` or ``item``): one :class:`KnowledgeColumn` per key."""
+    return read_features(repo, rows, refs)[0]
+
+
+def read_features(
+    repo: Path, rows: pl.DataFrame, refs: dict[str, str], scalars: Sequence[str] = ()
+) -> tuple[dict[str, KnowledgeColumn], dict[str, dict[str, np.ndarray]]]:
+    """:func:`read_knowledge` plus, in the same Feast read, per-sample scalar features
+    (``scalars``: refs such as ``knowledge_affinity:user_item_knowledge_dot``): ref -> split
+    -> float64 values (NaN where Feast returned none)."""
     from kar.adaptor import vector_table
     from kar.features import training_set
 
     entity = rows.select("user_id", "item_id", "event_timestamp")
-    frame = training_set(repo, entity, list(refs.values()))
+    frame = training_set(repo, entity, [*refs.values(), *scalars])
     split = rows["split"].to_numpy()
     out = {}
     for key, ref in refs.items():
         kind = key.split("_")[0]
         codes, table = vector_table(frame[f"{kind}_id"], frame[ref.split(":")[1]])
         out[key] = KnowledgeColumn({s: codes[split == s] for s in SPLITS}, table)
-    return out
+    values = {}
+    for ref in scalars:
+        column = frame[ref.split(":")[1]].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        values[ref] = {s: column[split == s] for s in SPLITS}
+    return out, values
+
+
+def affinity_column(user: KnowledgeColumn, item: KnowledgeColumn) -> dict[str, np.ndarray]:
+    """Per split, the knowledge match <user, item> of each sample computed from the vectors
+    the columns hold (0 where either is missing), as Feast's on-demand view computes it."""
+    from kar.features.affinity import affinity_of_rows
+
+    return {s: affinity_of_rows(user.table, item.table, user.rows[s], item.rows[s]) for s in SPLITS}
 
 
 def pca_column(raw: KnowledgeColumn, dim: int = PCA_DIM, seed: int = 0) -> KnowledgeColumn:
@@ -149,6 +181,7 @@ class ConsumerData:
     name: str
     features: CTRFeatures  # ids, counters, labels (kar's CTR inputs, no knowledge)
     knowledge: dict[str, KnowledgeColumn]  # user / item (published), user_raw / item_raw
+    affinity: dict[str, np.ndarray]  # split -> the published pairs' knowledge match (Feast)
     adaptor_config: AdaptorConfig
     adaptor_dir: Path
     model_configs: dict[str, dict[str, Any]]  # kar backbone -> the project's config
@@ -163,11 +196,11 @@ class ConsumerData:
     def arm(self, arm: str, seed: int) -> tuple[KnowledgeColumn, KnowledgeColumn] | None:
         """The (user, item) vectors an arm reads (raw encodings for ``joint``)."""
         k = self.knowledge
-        if arm == "none":
+        if arm in ("none", "affinity", "shuffled_affinity"):
             return None
-        if arm == "published":
+        if arm in ("published", "published+affinity"):
             return k["user"].standardized(), k["item"].standardized()
-        if arm == "shuffled":
+        if arm in ("shuffled", "shuffled+affinity"):
             user, item = k["user"].shuffled(seed), k["item"].shuffled(seed + 1)
             return user.standardized(), item.standardized()
         if arm == "pca":
@@ -176,6 +209,36 @@ class ConsumerData:
         if arm == "joint":
             return k["user_raw"], k["item_raw"]
         raise SystemExit(f"unknown arm {arm!r}: use {', '.join(ARMS)}")
+
+    def affinity_of(self, arm: str, seed: int) -> dict[str, np.ndarray] | None:
+        """The knowledge-match score an affinity arm adds (None for the other arms): read
+        back through Feast for the published vectors; recomputed from the shuffled vectors
+        (the same permutations as :meth:`arm`) for the controls."""
+        if arm in ("published+affinity", "affinity"):
+            return self.affinity
+        if arm in ("shuffled+affinity", "shuffled_affinity"):
+            k = self.knowledge
+            return affinity_column(k["user"].shuffled(seed), k["item"].shuffled(seed + 1))
+        return None
+
+    def ctr_features(self, arm: str, seed: int) -> CTRFeatures:
+        """kar's CTR inputs of an arm: the counters, plus for an affinity arm the score as
+        one more dense column (z-scored on train, as the counters are)."""
+        score = self.affinity_of(arm, seed)
+        if score is None:
+            return self.features
+        train = np.nan_to_num(score["train"])
+        mean, std = float(train.mean()), float(train.std()) or 1.0
+        arrays = {
+            s: {
+                **a,
+                "counters": np.hstack(
+                    [a["counters"], ((np.nan_to_num(score[s]) - mean) / std)[:, None]]
+                ).astype(np.float32),
+            }
+            for s, a in self.features.arrays.items()
+        }
+        return dataclasses.replace(self.features, arrays=arrays)
 
 
 def sample_split(split: Split, max_rows: int | None, seed: int = 0) -> Split:
@@ -205,19 +268,26 @@ def consumer_data(
     """Publish the raw encodings, then build train / valid / test through Feast."""
     from joint_deepctr import PUBLISHED_REFS, entity_rows, publish_raw_encodings
 
+    from kar.features.affinity import DOT_REF
     from kar.models.inputs import CTRFeatures
     from kar.models.registry import available_models
     from kar.pipeline import adaptor_config
 
-    raw_refs = publish_raw_encodings(project)
+    raw_refs = publish_raw_encodings(project)  # its apply registers knowledge_affinity too
     split = sample_split(project.split, max_rows)
     rows = entity_rows(split)
     start = time.perf_counter()
     refs = dict(
         zip(("user", "item", "user_raw", "item_raw"), [*PUBLISHED_REFS, *raw_refs], strict=True)
     )
-    knowledge = read_knowledge(project.folder.feature_repo, rows, refs)
+    knowledge, scalars = read_features(project.folder.feature_repo, rows, refs, [DOT_REF])
     feast_seconds = time.perf_counter() - start
+    affinity = scalars[DOT_REF]
+    recomputed = affinity_column(knowledge["user"], knowledge["item"])
+    gap = max(float(np.nanmax(np.abs(affinity[s] - recomputed[s]), initial=0.0)) for s in SPLITS)
+    scale = max(float(np.nanmax(np.abs(recomputed[s]), initial=0.0)) for s in SPLITS) or 1.0
+    if not gap <= 1e-5 * scale:
+        raise SystemExit(f"Feast's {DOT_REF} differs from the vectors' dot product by {gap}")
     tr = project.settings.training
     features = CTRFeatures.build(project.dataset, split, history_len=tr.history_len)
     n_train = split.train.height
@@ -225,6 +295,7 @@ def consumer_data(
         name=name,
         features=features,
         knowledge=knowledge,
+        affinity=affinity,
         adaptor_config=adaptor_config(project.folder),
         adaptor_dir=project.folder.adaptor_dir,
         model_configs={b: tr.backbone_config(b) for b in available_models()},
@@ -308,7 +379,7 @@ def fit_torch(
 
     set_seed(seed)
     knowledge, rows = knowledge_input(data, arm, point, seed)
-    f = data.features
+    f = data.ctr_features(arm, seed)
     tensors = {s: batch_tensors(f, s, *rows[s]) for s in SPLITS}
     n_counters = tensors["train"]["counters"].shape[1]
     if consumer == "deepctr_deepfm":
@@ -330,9 +401,10 @@ def fit_gbdt(data: ConsumerData, arm: str, point: dict[str, Any], seed: int) -> 
     from kar.models.metrics import auc
 
     columns = data.arm(arm, seed)
+    features = data.ctr_features(arm, seed)
 
     def x(split: str) -> np.ndarray:
-        parts = [data.features.arrays[split]["counters"]]
+        parts = [features.arrays[split]["counters"]]
         if columns is not None:
             parts += [c.dense(split) for c in columns]
         return np.hstack(parts)
@@ -392,10 +464,10 @@ def fit_kar(
     from kar.models.tuning import adaptor_of, start_and_config
 
     columns = data.arm(arm, seed)
-    features, adaptor = data.features, None
+    features, adaptor = data.ctr_features(arm, seed), None
     model_point, _ = start_and_config(point, warm_start=False)  # adaptor keys set below
     if columns is not None:
-        features = with_rows(data.features, *columns)
+        features = with_rows(features, *columns)
         adaptor = AdaptorConfig(type="raw")
         if arm == "joint":
             adaptor = adaptor_of(point, data.adaptor_config)
@@ -471,8 +543,9 @@ def run_cell(
 
 def summarize(results: pl.DataFrame) -> pl.DataFrame:
     """Mean ± std per dataset x consumer x arm; relative gain over the same consumer's
-    ``none`` and ``shuffled`` arms; ``counts``: above both by more than the largest seed std
-    of the three (``above_shuffled``: above shuffled alone by more than the larger std)."""
+    ``none`` arm and the knowledge arm's control (``shuffled``, or its shuffled counterpart
+    in :data:`CONTROLS`); ``counts``: above both by more than the largest seed std of the
+    three (``above_shuffled``: above the control alone by more than the larger std)."""
     keys = ("dataset", "consumer")
     summary = results.group_by(*keys, "arm", maintain_order=True).agg(
         pl.col("test_auc").mean().alias("auc"),
@@ -487,14 +560,24 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
             *keys, pl.col("auc").alias(f"{prefix}_auc"), pl.col("std").alias(f"{prefix}_std")
         )
 
+    controls = summary.select(
+        *keys,
+        pl.col("arm").alias("_control"),
+        pl.col("auc").alias("_shuf_auc"),
+        pl.col("std").alias("_shuf_std"),
+    )
+
     knowledge = pl.col("arm").is_in(KNOWLEDGE_ARMS)
     floor = pl.max_horizontal(pl.col("_none_auc"), pl.col("_shuf_auc").fill_null(-math.inf))
     spread = pl.max_horizontal("std", "_none_std", pl.col("_shuf_std").fill_null(0.0))
     order = {a: i for i, a in enumerate(ARMS)}
     consumers = {c: i for i, c in enumerate(results["consumer"].unique(maintain_order=True))}
     return (
-        summary.join(arm_of("none", "_none"), on=keys, how="left", maintain_order="left")
-        .join(arm_of("shuffled", "_shuf"), on=keys, how="left", maintain_order="left")
+        summary.with_columns(
+            pl.col("arm").replace_strict(CONTROLS, default="shuffled").alias("_control")
+        )
+        .join(arm_of("none", "_none"), on=keys, how="left", maintain_order="left")
+        .join(controls, on=[*keys, "_control"], how="left", maintain_order="left")
         .with_columns(
             pl.when(pl.col("arm") != "none")
             .then(pl.col("auc") / pl.col("_none_auc") - 1)
@@ -508,7 +591,7 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
             pl.col("consumer").replace_strict(consumers).alias("_consumer"),
         )
         .sort("_consumer", "_order", maintain_order=True)
-        .drop("_order", "_consumer", "_none_auc", "_none_std", "_shuf_auc", "_shuf_std")
+        .drop("_order", "_consumer", "_control", "_none_auc", "_none_std", "_shuf_auc", "_shuf_std")
     )
 
 

@@ -27,6 +27,13 @@ through ``retrieve_online_documents_v2``, checked against an exact numpy search.
 
     .venv/bin/python benchmarks/embeddings.py [--data ../shared/data/ml-100k]
     .venv/bin/python benchmarks/embeddings.py --only sasrec --no-llm --no-said  # SASRec rows
+    .venv/bin/python benchmarks/embeddings.py --quick --no-llm --no-feast  # ~3 min smoke
+
+The table lists every row that ran, and a part that could not run as skipped with its
+reason; if a part raises, the rows so far are still printed (marked INCOMPLETE) before the
+error. SAID resumes from / saves to ``--work``/said.ckpt (trained there when absent or
+unfinished: ~3.5 min an epoch here); ``--said-steps`` (set by ``--quick``) trains a few
+steps from scratch in a checkpoint of its own instead.
 
 Parts (``--only a,b`` runs those; ``--no-PART`` skips one): als, raw, tune (+ shuffled
 control), tower, said, sasrec, feast; ``--no-llm`` drops every SmolLM2 row.
@@ -92,6 +99,19 @@ class Clock:
 
 
 PARTS = ("als", "raw", "tune", "tower", "said", "sasrec", "feast")
+# --quick: one seed, a few epochs, no SASRec search, SAID for a few steps (a smoke run that
+# exercises every row, not a result)
+QUICK: dict[str, Any] = {
+    "tune_epochs": 1,
+    "tune_seeds": 1,
+    "tower_epochs": 1,
+    "tower_samples": 2000,
+    "sasrec_epochs": 2,
+    "sasrec_seeds": 1,
+    "sasrec_other_seeds": 1,
+    "sasrec_grid": "none",
+    "said_steps": 12,
+}
 OPTIONAL = ("als", "tune", "tower", "said", "sasrec")  # parts with their own --no-PART flag
 
 
@@ -135,11 +155,29 @@ def parse_args() -> argparse.Namespace:
         help="search: one axis at a time on valid (see ID_AXES, text_axes); none: the base",
     )
     parser.add_argument("--said-epochs", type=int, default=None, help="SAIDConfig default if unset")
+    parser.add_argument(
+        "--said-steps",
+        type=int,
+        default=None,
+        help="smoke: train SAID for at most this many steps from scratch, in a checkpoint of "
+        "its own (the full run's said.ckpt is neither read nor written)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (~3 min with --no-llm --no-feast): "
+        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+        + "; flags given explicitly win",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / ".kar-bench" / "embeddings")
     args = parser.parse_args()
     unknown = {p for p in args.only.split(",") if p} - set(PARTS)
     if unknown:
         parser.error(f"--only: unknown part(s) {sorted(unknown)}; parts are {', '.join(PARTS)}")
+    if args.quick:  # reduced settings where the flag was left at its default
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     return args
 
 
@@ -168,6 +206,7 @@ class Bench:
     test: ev.Events
     sequences: list[np.ndarray]
     rows: dict[str, Row] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # row name -> why it did not run
 
     @property
     def item_list(self) -> list[str]:
@@ -195,6 +234,8 @@ class Bench:
         self.add(key, Row(name, notes, test, cold, kind, valid))
 
     def add(self, key: str, row: Row) -> None:
+        if key in self.rows:
+            raise ValueError(f"row {key!r} registered twice")
         self.rows[key] = row
         print(
             f"  {row.name}: valid R@10 {row.valid_r10:.4f}, test R@10 {row.test.recall10:.4f}, "
@@ -202,11 +243,17 @@ class Bench:
             flush=True,
         )
 
+    def skip(self, name: str, why: str) -> None:
+        """A row that did not run: printed in the table with its reason."""
+        self.skipped[name] = why
+        print(f"  {name}: skipped ({why})", flush=True)
+
 
 def load_bench(args: argparse.Namespace, clock: Clock) -> Bench:
     from kar.data.movielens import load_movielens
     from kar.data.split import make_time_split
     from kar.embedding.cooccur import training_interactions
+    from kar.embedding.stage import user_sequences
     from kar.embedding.text import item_texts
 
     with clock("load + split + events"):
@@ -215,10 +262,7 @@ def load_bench(args: argparse.Namespace, clock: Clock) -> Bench:
         texts = item_texts(ds.items)
         ids = sorted(texts)
         index = {item: k for k, item in enumerate(ids)}
-        sequences = [
-            np.array([index[i] for i in g["item_id"].to_list()])
-            for _, g in training_interactions(split).group_by("user_id", maintain_order=True)
-        ]
+        sequences = user_sequences(training_interactions(split), index)[1]
         bench = Bench(
             args,
             clock,
@@ -266,6 +310,8 @@ def id_part(b: Bench) -> None:
         return
     with b.clock("ALS grid"):
         grid = [(f, r) for f in (32, 64, 128) for r in (0.05, 1.0)]
+        if b.args.quick:
+            grid = [(64, 0.05)]
         scores = {g: b.valid_r10(ev.als_scorer(b.split, b.ids, g[0], g[1])) for g in grid}
         best = max(grid, key=lambda g: scores[g])
         b.report(
@@ -372,21 +418,36 @@ def tower_row(b: Bench, key: str, name: str, vectors: np.ndarray) -> None:
 def said_part(b: Bench) -> np.ndarray | None:
     """SAID item vectors (the frozen LLM regenerates each item's text from k soft tokens)
     with the mean of history and with the user tower; None when SAID is not available."""
+    args = b.args
     try:
-        from kar.embedding import said
-    except ImportError as exc:
-        print(f"SAID: skipped (kar.embedding.said not importable: {exc})", flush=True)
+        from kar.embedding.said import SAIDConfig, fit_said
+    except ImportError as exc:  # e.g. torch / transformers missing
+        b.skip("(e) SAID", f"kar.embedding.said not importable: {exc}")
         return None
-    if not hasattr(said, "train_said"):
-        print("SAID: skipped (kar.embedding.said has no train_said)", flush=True)
-        return None
-    config = said.SAIDConfig()
-    if b.args.said_epochs is not None:
-        config = replace(config, epochs=b.args.said_epochs)
+    config = SAIDConfig()
+    if args.said_epochs is not None:
+        config = replace(config, epochs=args.said_epochs)
+    checkpoint = args.work / "said.ckpt"
+    if args.said_steps is not None:  # smoke: a checkpoint of its own, started afresh
+        checkpoint = args.work / "said_smoke.ckpt"
+        checkpoint.unlink(missing_ok=True)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with b.clock("SAID"):
-        vectors = said.train_said(b.item_list, config, checkpoint=b.args.work / "said.ckpt")
-    label = f"SAID (SmolLM2, {config.soft_tokens} soft tokens, {config.epochs} epochs)"
-    b.report("said", f"(e) {label}", ev.mean_history_scorer(vectors, b.args.history), "text")
+        result = fit_said(
+            b.item_list, config, checkpoint, progress=False, stop_after_steps=args.said_steps
+        )
+    vectors = result.vectors
+    print(
+        f"SAID: {result.epochs_done} epoch(s), {result.steps} steps done (resumed at "
+        f"{result.resumed_from}); loss per epoch {[round(x, 3) for x in result.losses]}; "
+        f"{result.seconds:.0f} s this call",
+        flush=True,
+    )
+    trained = f"{config.epochs} epochs"
+    if result.epochs_done < config.epochs:
+        trained = f"smoke: {result.steps} steps"
+    label = f"SAID (SmolLM2, {config.soft_tokens} soft tokens, {trained})"
+    b.report("said", f"(e) {label}", ev.mean_history_scorer(vectors, args.history), "text")
     if b.on("tower"):
         tower_row(b, "said_tower", f"(e) {label} + user tower", vectors)
     return vectors
@@ -521,6 +582,19 @@ def main() -> None:
     clock = Clock()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch threads 1", flush=True)
     b = load_bench(args, clock)
+    feast_line, stopped = "", None
+    try:
+        feast_line = run_parts(b)
+    except BaseException as exc:  # the table still shows every row that ran, then it re-raises
+        stopped = exc
+        raise
+    finally:
+        print_table(b, feast_line, time.perf_counter() - started, stopped)
+
+
+def run_parts(b: Bench) -> str:
+    """Every part in order, each adding its rows to ``b``; the Feast line (or "")."""
+    args = b.args
     id_part(b)
     models = [("minilm", "all-MiniLM-L6-v2, mean pooling")]
     if not args.no_llm:
@@ -540,13 +614,18 @@ def main() -> None:
         if said_vectors is not None:
             inputs.append(("said", "SAID vectors", said_vectors))
         sasrec_part(b, inputs)
-    feast_line = ""
     if b.on("feast") and not args.no_feast and "minilm" in tuned:
-        feast_line = feast_check(args.work, b.ids, b.texts, tuned["minilm"], clock)
-    print_table(b, feast_line, time.perf_counter() - started)
+        return feast_check(args.work, b.ids, b.texts, tuned["minilm"], b.clock)
+    return ""
 
 
-def print_table(b: Bench, feast_line: str, total: float) -> None:
+def print_table(
+    b: Bench, feast_line: str, total: float, stopped: BaseException | None = None
+) -> None:
+    """The markdown table of every row registered in ``b`` (and the skipped ones), the wall
+    times and the summary lines; ``stopped``: the exception that ended the run early."""
+    if stopped is not None:
+        print(f"\nINCOMPLETE: stopped by {type(stopped).__name__}: {stopped}", flush=True)
     columns = ["method", "notes", "R@10", "R@50", "NDCG@10", "events"]
     columns += ["cold R@10", "cold R@50", "cold NDCG@10", "cold n"]
     print("\n| " + " | ".join(columns) + " |")
@@ -557,6 +636,8 @@ def print_table(b: Bench, feast_line: str, total: float) -> None:
             f"| {row.name} | {row.notes} | {a[0]} | {a[1]} | {a[2]} | {a[3]} | "
             f"{c[0]} | {c[1]} | {c[2]} | {c[3]} |"
         )
+    for name, why in b.skipped.items():
+        print(f"| {name} | skipped: {why} |" + " - |" * (len(columns) - 2))
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in b.clock.steps.items())
     print(f"\nwall time per step: {steps}")
     if feast_line:

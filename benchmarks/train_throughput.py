@@ -2,7 +2,8 @@
 
   (a) as before: batch 128 (the demo's setting) and the reference code path
       (``train_ctr(reference=True)``: nn.Embedding's backward, DIN's concatenated
-      attention input, per-batch gathers of every tensor, Adam's loop);
+      attention input, per-batch gathers of every tensor, the (B, L, E) behaviour sequence
+      and genres pooled as tensors, nn.Dropout, Adam's loop);
   (b) with the new defaults (``ModelConfig()``: batch 1024, the fast path);
   (c) DeepCTR-Torch's DeepFM on the same rows and inputs (its own ``fit``), batch 1024;
 

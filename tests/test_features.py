@@ -150,7 +150,8 @@ def test_training_set_is_point_in_time_and_keeps_every_row(published: dict) -> N
 
 def test_views_are_listed_with_vector_dtype_and_lineage(published: dict) -> None:
     views = {v["name"]: v for v in list_knowledge_views(published["repo"])}
-    assert set(views) == {"user_knowledge", "item_knowledge"}
+    assert set(views) == {"user_knowledge", "item_knowledge", "knowledge_affinity"}
+    assert views.pop("knowledge_affinity")["on_demand"]  # the user x item score
     assert views["user_knowledge"]["entities"] == ["user"]
     assert views["item_knowledge"]["features"] == ["item_knowledge_vector"]
     for view in views.values():

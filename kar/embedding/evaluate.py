@@ -146,10 +146,12 @@ def evaluate(events: Events, scorer: Scorer) -> tuple[Metrics, Metrics]:
 # --- scorers -------------------------------------------------------------------------
 
 
-def _id_only(events: Events, scores: np.ndarray) -> np.ndarray:
-    """An ID model has nothing for items without training interactions: never retrieved."""
-    scores = np.asarray(scores, dtype=np.float64)
-    scores[:, ~events.warm_items] = -np.inf
+def id_only(scores: np.ndarray, warm_items: np.ndarray) -> np.ndarray:
+    """``scores`` (n, n_items) with every cold item (``warm_items`` False: no training-time
+    interaction) set to -inf, in place when ``scores`` is already a writable array of its
+    dtype. An ID model has nothing for such items, so it never retrieves them."""
+    scores = np.asarray(scores)
+    scores[:, ~np.asarray(warm_items, dtype=bool)] = -np.inf
     return scores
 
 
@@ -160,7 +162,7 @@ def popularity_scorer(split: Split, item_ids: Sequence[str]) -> Scorer:
     pop = np.array([lookup.get(i, 0) for i in item_ids], dtype=np.float64)
 
     def score(events: Events, rows: np.ndarray) -> np.ndarray:
-        return _id_only(events, np.tile(pop, (len(rows), 1)))
+        return id_only(np.tile(pop, (len(rows), 1)), events.warm_items)
 
     return score
 
@@ -234,6 +236,6 @@ def als_scorer(
             shape=(len(rows_), len(item_ids)),
         )
         users = model.recalculate_user(np.arange(len(rows_)), user_items)
-        return _id_only(events, users @ item_factors.T)
+        return id_only(np.asarray(users @ item_factors.T, dtype=np.float64), events.warm_items)
 
     return score

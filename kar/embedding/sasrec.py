@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kar.embedding.evaluate import Events, Scorer
+from kar.embedding.evaluate import Events, Scorer, id_only
+from kar.embedding.tower import left_pad
 from kar.errors import KarError
 
 ItemInput = Literal["id", "text", "text+id"]
@@ -215,9 +216,7 @@ class SASRec:
         scores = np.zeros((len(histories), len(self.warm)), dtype=np.float32)
         for rows in _length_batches([len(h) for h in histories], batch):
             scores[rows] = self._outputs([histories[i] for i in rows], last_only=True)
-        if not self.scores_cold:
-            scores[:, ~self.warm] = -np.inf
-        return scores
+        return scores if self.scores_cold else id_only(scores, self.warm)
 
     def position_scores(self, sequence: np.ndarray) -> np.ndarray:
         """(len, n_items) scores after every prefix of one sequence (one causal pass)."""
@@ -226,7 +225,7 @@ class SASRec:
     def _outputs(self, histories: Sequence[np.ndarray], last_only: bool) -> np.ndarray:
         import torch
 
-        seq = torch.from_numpy(_left_pad(histories, self.config.max_len))
+        seq = torch.from_numpy(left_pad(histories, self.config.max_len))
         self.module.eval()
         with torch.inference_mode():
             out, table = self.module(seq)
@@ -242,18 +241,6 @@ def sasrec_scorer(model: SASRec) -> Scorer:
         return model.scores([events.histories[i] for i in rows])
 
     return score
-
-
-def _left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
-    """(B, W) int64 rows (item index + 1; 0 = pad) of the last ``max_len`` items, W = the
-    longest kept history (at least 1)."""
-    width = max(1, min(max_len, max((len(h) for h in histories), default=1)))
-    out = np.zeros((len(histories), width), dtype=np.int64)
-    for r, hist in enumerate(histories):
-        tail = np.asarray(hist[-width:], dtype=np.int64) if len(hist) else []
-        if len(tail):
-            out[r, width - len(tail) :] = tail + 1
-    return out
 
 
 def _length_batches(
@@ -289,8 +276,8 @@ def _loss(module: Any, windows: list, warm_idx: Any, cfg: SASRecConfig, rng: Any
     import torch
     import torch.nn.functional as F
 
-    seq = torch.from_numpy(_left_pad([w[0] for w in windows], cfg.max_len))
-    target = torch.from_numpy(_left_pad([w[1] for w in windows], cfg.max_len)) - 1
+    seq = torch.from_numpy(left_pad([w[0] for w in windows], cfg.max_len))
+    target = torch.from_numpy(left_pad([w[1] for w in windows], cfg.max_len)) - 1
     out, table = module(seq)
     real = target >= 0
     out, target = out[real], target[real]

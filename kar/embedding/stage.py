@@ -214,8 +214,13 @@ def said_items(
     return result, vectors
 
 
-def _sequences(frame: pl.DataFrame, index: dict[str, int]) -> tuple[list[str], list[np.ndarray]]:
-    """(user ids, each user's item rows in time order) of an interactions frame."""
+def user_sequences(
+    frame: pl.DataFrame, index: dict[str, int]
+) -> tuple[list[str], list[np.ndarray]]:
+    """(user ids, each user's item rows in frame order) of an interactions frame sorted by
+    user and time (e.g. :func:`kar.embedding.cooccur.training_interactions`); ``index`` maps
+    an item id to its row in the catalogue. These are the sequences the user tower and
+    SASRec (:mod:`kar.embedding.sasrec`) train on."""
     users, rows = [], []
     for (user,), g in frame.group_by(["user_id"], maintain_order=True):
         users.append(str(user))
@@ -252,7 +257,7 @@ def train_users(
 
     tower = train_user_tower(
         matrix,
-        _sequences(train, index)[1],
+        user_sequences(train, index)[1],
         valid.warm_items,
         TowerConfig(**folder.settings.embedding.tower.model_dump()),
         evaluate=score if len(valid) else None,
@@ -261,7 +266,7 @@ def train_users(
     tower.save(paths.tower)
     every = pl.concat([split.history, split.train, split.valid, split.test], how="vertical_relaxed")
     every = every.filter(pl.col("item_id").is_in(ids)).sort("user_id", "timestamp", "item_id")
-    users, histories = _sequences(every, index)
+    users, histories = user_sequences(every, index)
     user_vectors = EntityVectors(
         users=vectors_frame(users, tower.user_vectors(histories)),
         items=vectors_frame([], np.zeros((0, matrix.shape[1]), dtype=np.float32)),

@@ -78,22 +78,29 @@ def _module(dim: int, cfg: TowerConfig) -> Any:
     return UserTower()
 
 
+def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """(B, W) int64 rows of the last ``max_len`` items of each history, right-aligned, as
+    item index + 1 (0 = padding); W = the longest kept history (at least 1). The input
+    layout of the user tower and of SASRec (:mod:`kar.embedding.sasrec`)."""
+    width = max(1, min(max_len, max((len(h) for h in histories), default=1)))
+    out = np.zeros((len(histories), width), dtype=np.int64)
+    for r, hist in enumerate(histories):
+        tail = np.asarray(hist[-width:], dtype=np.int64)
+        if len(tail):
+            out[r, width - len(tail) :] = tail + 1
+    return out
+
+
 def _batch(vectors: Any, histories: Sequence[np.ndarray], max_len: int) -> tuple[Any, Any]:
     """Left-padded (B, L, dim) inputs and (B, L) validity of the last ``max_len`` items."""
     import torch
 
-    width = max(1, min(max_len, max(len(h) for h in histories)))
-    idx = np.zeros((len(histories), width), dtype=np.int64)
-    valid = np.zeros((len(histories), width), dtype=bool)
-    for r, hist in enumerate(histories):
-        tail = hist[-width:]
-        if len(tail):
-            idx[r, width - len(tail) :] = tail
-            valid[r, width - len(tail) :] = True
+    rows = left_pad(histories, max_len)
+    valid = rows > 0
     valid_t = torch.from_numpy(valid)
     empty = ~valid_t.any(dim=1)
     valid_t[empty, -1] = True  # an empty history reads one zero vector
-    seq = vectors[torch.from_numpy(idx)] * torch.from_numpy(valid)[..., None]
+    seq = vectors[torch.from_numpy(np.maximum(rows - 1, 0))] * torch.from_numpy(valid)[..., None]
     return seq, valid_t
 
 

@@ -87,8 +87,11 @@ def list_views(project: Path = PROJECT_DIR) -> None:
     table = Table("feature view", "entities", "features", "tags")
     for view in views:
         types = view.get("types") or {name: view["dtype"] for name in view["features"]}
+        name = view["name"]
+        if view.get("on_demand"):  # computed when read, from its sources' vectors
+            name += f"\n(on demand: {' x '.join(view.get('sources', []))})"
         table.add_row(
-            view["name"],
+            name,
             ", ".join(view["entities"]),
             "\n".join(f"{name}: {dtype}" for name, dtype in types.items()),
             ", ".join(f"{k}={v}" for k, v in view["tags"].items()),
@@ -105,6 +108,8 @@ def verdict_lines(views: list[dict]) -> list[str]:
 
     lines: dict[str, list[str]] = {}
     for view in views:
+        if view.get("on_demand"):  # knowledge_affinity: derived from the views listed
+            continue
         lineage = lineage_from_tags(view["tags"])
         if lineage.get("gate"):
             lines.setdefault(verdict_line(lineage), []).append(view["name"])

@@ -20,8 +20,11 @@ def training_set(
     """Join each row of ``entity_df`` (user_id, item_id, event_timestamp, + any columns) with
     the vectors valid at its event_timestamp. Same rows, same order; vectors as list[f32],
     null where no vector existed yet; in a repo with knowledge codes, also
-    ``user_knowledge_code`` / ``item_knowledge_code`` (Int64, null where none).
-    ``features``: a feature service name or feature refs.
+    ``user_knowledge_code`` / ``item_knowledge_code`` (Int64, null where none). The default
+    service also carries the on-demand ``user_item_knowledge_dot`` / ``_cosine`` (Float64,
+    0 where either vector is missing; :mod:`kar.features.affinity`) once both kinds are
+    published. ``features``: a feature service name or feature refs (e.g.
+    ``knowledge_affinity:user_item_knowledge_dot``).
     """
     missing = [c for c in REQUIRED if c not in entity_df.columns]
     if missing:

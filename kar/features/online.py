@@ -27,6 +27,17 @@ class KnowledgeBatch:
         if self.item_codes is None:
             self.item_codes = np.zeros(len(self.items), dtype=np.int64)
 
+    @property
+    def affinity(self) -> np.ndarray:
+        """(n,) float64: the user x item knowledge match ``<user, item>`` of each candidate,
+        0 where either vector is missing: the value of Feast's
+        ``knowledge_affinity:user_item_knowledge_dot`` (:mod:`kar.features.affinity`),
+        computed here from the vectors just read (no second read)."""
+        if self.user_missing or self.items.shape[-1] != self.user.shape[-1]:
+            return np.zeros(len(self.items))
+        dot = self.items.astype(np.float64) @ self.user.astype(np.float64)
+        return np.where(self.items_missing, 0.0, dot)
+
 
 def code_value(value: object) -> int:
     """A code read back from Feast (int, None or NaN) as an int, 0 for none."""

@@ -241,14 +241,20 @@ def _quiet_dependency_warnings() -> None:
     for module in ("ibis", "dask", "feast"):
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings(  # kar's knowledge_affinity: a vectorised pandas transform
+        "ignore", message="On demand feature view is an experimental", category=RuntimeWarning
+    )
 
 
 def load_definitions(repo: Path, definitions: str = DEFINITIONS_FILE) -> list[Any]:
-    """Import the repo's ``definitions`` file afresh and return its Feast objects."""
+    """Import the repo's ``definitions`` file afresh and return its Feast objects; for the
+    knowledge definitions, plus the ``knowledge_affinity`` on-demand view once both kinds
+    are published (:mod:`kar.features.affinity`)."""
     import importlib.util
 
     from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
+    from feast.on_demand_feature_view import OnDemandFeatureView
 
     path = Path(repo).resolve() / definitions
     if not path.is_file():
@@ -260,11 +266,21 @@ def load_definitions(repo: Path, definitions: str = DEFINITIONS_FILE) -> list[An
         spec.loader.exec_module(module)
     except Exception as exc:
         raise FeatureStoreError(f"{path}: cannot load the Feast definitions: {exc}") from exc
-    kinds = (Entity, DataSource, FeatureView, FeatureService)
+    kinds = (Entity, DataSource, FeatureView, OnDemandFeatureView, FeatureService)
     objects: list[Any] = []
     for value in vars(module).values():
         if isinstance(value, kinds) and not any(value is seen for seen in objects):
             objects.append(value)
+    if definitions == DEFINITIONS_FILE:  # the knowledge repo: + the user x item affinity
+        from kar.features.affinity import affinity_objects
+
+        objects = affinity_objects(
+            objects,
+            user_view=USER_VIEW,
+            item_view=ITEM_VIEW,
+            service=FEATURE_SERVICE,
+            unpublished=[v for v in (USER_VIEW, ITEM_VIEW) if not part_files(repo, v)],
+        )
     return objects
 
 

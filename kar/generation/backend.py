@@ -4,7 +4,8 @@ factory for the knowledge-pool index).
 
 - :class:`GenerationBackend`: ``model_name`` + ``generate(batch, params)`` (every backend);
 - :class:`StreamingBackend`: ``answer_stream(...)`` takes a whole to-do list as one job and
-  yields store rows as parts finish (the Ray backend; :class:`kar.generation.lazy.LazyBackend`);
+  yields store rows as parts finish (the vLLM and Ray backends;
+  :class:`kar.generation.lazy.LazyBackend`);
 - :class:`IndexesStore`: ``index_store(store, prompts)`` reads earlier answers before the
   first call (the speculative backend's draft pool);
 - :class:`ModelIdFromSettings` (a class of your own): ``settings_model_name(gen)``, the store's

@@ -28,15 +28,9 @@ from typing import TYPE_CHECKING, Any
 from kar.errors import ConfigError, GenerationError, KarError
 from kar.generation.backend import ChatMessages
 from kar.generation.model_files import cache_dir, model_name_for, resolve_model
-from kar.generation.runner import (
-    GenerationReport,
-    TruncatedPolicy,
-    retry_params,
-    settle_answer,
-    store_rows,
-)
-from kar.generation.vllm_backend import sampling_kwargs
-from kar.records import GenerationOutput, PromptRecord, SamplingParams
+from kar.generation.runner import StreamsInRounds
+from kar.generation.vllm_backend import CPU_AOT_COMPILE, sampling_kwargs
+from kar.records import GenerationOutput, SamplingParams
 
 if TYPE_CHECKING:
     from kar.project import GenerationSettings
@@ -105,7 +99,7 @@ class _Answer:
         }
 
 
-class RayBackend:
+class RayBackend(StreamsInRounds):
     """:class:`~kar.generation.runner.StreamingBackend` over ``ray.data.llm`` (vLLM engines).
 
     ``address``: the Ray cluster (None: the one this process already joined, else a new
@@ -222,6 +216,7 @@ class RayBackend:
             env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kv_cache_gb))
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            env.setdefault("VLLM_USE_AOT_COMPILE", CPU_AOT_COMPILE)
             if self.address is None:  # this machine: kar's private vLLM cache, as VLLMBackend
                 env.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
             options["placement_group_config"] = {"bundles": [{"CPU": self.cpus_per_engine}]}
@@ -248,7 +243,7 @@ class RayBackend:
             postprocess_map_kwargs=light,
         )
 
-    def _run(
+    def stream(
         self, chats: Sequence[ChatMessages], requests: Sequence[tuple[int, SamplingParams]]
     ) -> Iterator[list[tuple[int, GenerationOutput]]]:
         """One Ray Data job: chat ``i`` of each request with its sampling; yields
@@ -309,50 +304,9 @@ class RayBackend:
         if not batch:
             return []
         outputs: dict[int, GenerationOutput] = {}
-        for part in self._run(batch, [(i, params) for i in range(len(batch))]):
+        for part in self.stream(batch, [(i, params) for i in range(len(batch))]):
             outputs.update(part)
         return [outputs[i] for i in range(len(batch))]
-
-    def answer_stream(
-        self,
-        prompts: Sequence[PromptRecord],
-        params: SamplingParams,
-        *,
-        max_retries: int,
-        truncated: TruncatedPolicy,
-        report: GenerationReport,
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Answer ``prompts`` in one job (then one per retry round), yielding store rows
-        per block as it comes back: usable answers, and answers out of retries (flagged)."""
-        chats = [p.messages for p in prompts]
-        state: dict[int, tuple[GenerationOutput, SamplingParams, int]] = {}
-        requests = [(i, params) for i in range(len(prompts))]
-        for attempt in range(max_retries + 1):
-            sent = dict(requests)
-            retry: list[tuple[int, SamplingParams]] = []
-            for part in self._run(chats, requests):
-                report.llm_calls += len(part)
-                final = []
-                for i, output in part:
-                    state[i] = (output, sent[i], attempt + 1)
-                    reason = settle_answer(output, truncated)[1]
-                    if reason is None or attempt == max_retries:
-                        final.append(i)
-                    else:
-                        retry.append((i, retry_params(params, reason, attempt + 1)))
-                if final:
-                    yield store_rows(
-                        [prompts[i] for i in final],
-                        [state[i] for i in final],
-                        self.model_name,
-                        params,
-                        truncated,
-                        report,
-                    )
-            if not retry:
-                return
-            log.info("%d answers to retry (round %d)", len(retry), attempt + 1)
-            requests = sorted(retry, key=lambda request: request[0])
 
 
 _OUTPUT_COLUMNS = ("idx", "text", "prompt_tokens", "completion_tokens", "finish_reason")

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,12 @@ from rich.progress import (
 )
 
 from kar.errors import GenerationError, KarError
-from kar.generation.backend import GenerationBackend, StreamingBackend, TruncatedPolicy
+from kar.generation.backend import (
+    ChatMessages,
+    GenerationBackend,
+    StreamingBackend,
+    TruncatedPolicy,
+)
 from kar.generation.quality import (
     EMPTY,
     REFUSAL,
@@ -325,6 +330,93 @@ def answer_in_batches(
     for lo in range(0, len(pending), batch_size):
         batch = pending[lo : lo + batch_size]
         yield _answer_batch(batch, backend, params, max_retries, truncated, report)
+
+
+AnswerParts = Iterator[list[tuple[int, GenerationOutput]]]
+
+
+def answer_in_rounds(
+    run: Callable[[Sequence[tuple[int, SamplingParams]]], AnswerParts],
+    prompts: Sequence[PromptRecord],
+    params: SamplingParams,
+    model_name: str,
+    *,
+    max_retries: int,
+    truncated: TruncatedPolicy,
+    report: GenerationReport,
+) -> Iterator[list[dict[str, Any]]]:
+    """The job of a :class:`~kar.generation.backend.StreamingBackend`: every prompt in one
+    ``run`` (then one per retry round), yielding store rows as each part comes back.
+
+    ``run(requests)`` answers ``(i, sampling)`` requests (``i`` indexes ``prompts``) and
+    yields ``(i, answer)`` pairs a part at a time, as the engine finishes them. Usable
+    answers and answers out of retries are final; bad ones go out again together with the
+    runner's retry sampling (:func:`retry_params`)."""
+    state: dict[int, tuple[GenerationOutput, SamplingParams, int]] = {}
+    requests = [(i, params) for i in range(len(prompts))]
+    for attempt in range(max_retries + 1):
+        sent = dict(requests)
+        retry: list[tuple[int, SamplingParams]] = []
+        for part in run(requests):
+            report.llm_calls += len(part)
+            final = []
+            for i, output in part:
+                state[i] = (output, sent[i], attempt + 1)
+                reason = settle_answer(output, truncated)[1]
+                if reason is None or attempt == max_retries:
+                    final.append(i)
+                else:
+                    retry.append((i, retry_params(params, reason, attempt + 1)))
+            if final:
+                yield store_rows(
+                    [prompts[i] for i in final],
+                    [state[i] for i in final],
+                    model_name,
+                    params,
+                    truncated,
+                    report,
+                )
+        if not retry:
+            return
+        log.info("%d answers to retry (round %d)", len(retry), attempt + 1)
+        requests = sorted(retry, key=lambda request: request[0])
+
+
+class StreamsInRounds:
+    """What a backend whose ``stream(chats, requests)`` answers ``(i, sampling)`` requests
+    as an engine finishes them (yielding ``(i, answer)`` parts) needs to be a
+    :class:`~kar.generation.backend.StreamingBackend`: its ``answer_stream`` is
+    :func:`answer_in_rounds` over that ``stream`` (the vLLM and Ray backends)."""
+
+    model_name: str
+
+    def stream(
+        self, chats: Sequence[ChatMessages], requests: Sequence[tuple[int, SamplingParams]]
+    ) -> AnswerParts:
+        raise NotImplementedError
+
+    def answer_stream(
+        self,
+        prompts: Sequence[PromptRecord],
+        params: SamplingParams,
+        *,
+        max_retries: int,
+        truncated: TruncatedPolicy,
+        report: GenerationReport,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every prompt in one ``stream`` job (then one per retry round), yielding store rows
+        as answers come back: the runner saves each part at once, so a killed run loses only
+        the answers still in the engine."""
+        chats = [p.messages for p in prompts]
+        yield from answer_in_rounds(
+            lambda requests: self.stream(chats, requests),
+            prompts,
+            params,
+            self.model_name,
+            max_retries=max_retries,
+            truncated=truncated,
+            report=report,
+        )
 
 
 def _unique_prompts(

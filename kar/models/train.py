@@ -413,8 +413,10 @@ def train_ctr(
     ungated valid / test metrics, its adaptor (what :meth:`TrainResult.trained_adaptor`
     publishes) and, given ``fallback_state``, its validation AUC against that model's.
     ``reference``: the same training with the reference code path (PyTorch's own embedding
-    backward, DIN's concatenated attention input, per-batch gathers of every tensor, Adam's
-    per-parameter loop): slower, for ``benchmarks/train_throughput.py``.
+    backward, DIN's concatenated attention input, per-batch gathers of every tensor, the
+    (B, L, E) behaviour sequence and genres pooled as tensors, ``nn.Dropout``, Adam's
+    per-parameter loop): slower, for ``benchmarks/train_throughput.py``; the same model up
+    to float rounding without dropout (the fast dropout draws other random numbers).
     """
     set_seed(seed)
     model, config = build_model(features, backbone, model_config, adaptor_config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kar.models.base import CTRModel, FeatureSpec, FirstOrder, Inputs, masked_mean
+from kar.models.base import CTRModel, FeatureSpec, FirstOrder, Inputs
 from kar.models.config import XDeepFMConfig
 from kar.models.layers import mlp
 
@@ -46,7 +46,7 @@ class XDeepFM(CTRModel):
         self.deep = mlp(deep_in, config.mlp_hidden, 1, config.dropout)
 
     def logit(self, inputs: Inputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hist = masked_mean(inputs.history, inputs.history_mask).unsqueeze(1)
+        hist = inputs.history_mean().unsqueeze(1)
         fields = torch.cat([inputs.fields, hist], dim=1)
         out = self.first_order(inputs, batch)
         out = out + self.cin_out(self.cin(fields))
