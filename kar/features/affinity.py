@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 AFFINITY_VIEW = "knowledge_affinity"
 DOT_FEATURE = "user_item_knowledge_dot"
 COSINE_FEATURE = "user_item_knowledge_cosine"
-AFFINITY_FEATURES = (DOT_FEATURE, COSINE_FEATURE)
-AFFINITY_REFS = tuple(f"{AFFINITY_VIEW}:{f}" for f in AFFINITY_FEATURES)
 DOT_REF = f"{AFFINITY_VIEW}:{DOT_FEATURE}"
 
 
