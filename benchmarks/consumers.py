@@ -10,8 +10,9 @@ Datasets (``--dataset``, comma-separated; ``--project`` names the folder when th
   film's hidden traits in words, an ORACLE); user answers from the bundled LLM
   (``--user-knowledge llm``, minutes; reused when the project has them) or the users'
   attribute columns in words (``facts``, no LLM);
-- ``ml-100k``: a MovieLens-100K project with SmolLM2's answers (default ``.kar-bench``, the
-  folder ``benchmarks/movielens.py`` generates into; never generated here);
+- ``ml-100k`` / ``ml-1m``: a MovieLens project with SmolLM2's answers (default
+  ``.kar-bench/<dataset>``, where ``benchmarks/movielens.py`` generates; never generated
+  here);
 - ``ml-100k-facts``: MovieLens-100K with its own genres / year / user columns in words,
   imported as knowledge (benchmarks/imported_knowledge.py's texts; no LLM).
 The project's stages run as needed (encode, train, publish through ``kar.Project``); the raw
@@ -71,7 +72,9 @@ ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 WORK = REPO / ".kar-bench-consumers"
 DEFAULT_PROJECTS = {
     "demo-oracle": WORK / "demo-oracle",
-    "ml-100k": REPO / ".kar-bench",  # benchmarks/movielens.py --work default
+    # benchmarks/movielens.py's projects (its --work default, then the dataset)
+    "ml-100k": REPO / ".kar-bench" / "ml-100k",
+    "ml-1m": REPO / ".kar-bench" / "ml-1m",
     "ml-100k-facts": WORK / "ml-100k-facts",
 }
 CONSUMERS = ("deepctr_deepfm", "rechub_widedeep", "gbdt", "kar_deepfm", "kar_din")
@@ -689,17 +692,18 @@ def movielens_facts_project(root: Path, data: Path) -> kar.Project:
     return project
 
 
-def smollm2_project(root: Path) -> kar.Project:
-    """A MovieLens-100K project whose knowledge store holds SmolLM2's answers already."""
+def smollm2_project(root: Path, dataset: str) -> kar.Project:
+    """A MovieLens project (``dataset``: ml-100k or ml-1m) whose knowledge store holds
+    SmolLM2's answers already."""
     import kar
     from kar.project import CONFIG_FILE
     from kar.records import KIND_USER
 
     if not (root / CONFIG_FILE).exists() or not has_answers(kar.Project(root), KIND_USER):
         raise SystemExit(
-            f"{root} holds no ML-100K project with LLM answers: generate them first "
-            f"(python benchmarks/movielens.py --dataset ml-100k --work {root} --generate-only), "
-            "or pass --project"
+            f"{root} holds no {dataset} project with LLM answers: generate them first "
+            f"(python benchmarks/movielens.py --dataset {dataset} --work {root.parent} "
+            "--generate-only), or pass --project"
         )
     return kar.Project(root)
 
@@ -739,8 +743,8 @@ def ready_project(project: kar.Project, retrain: bool) -> dict[str, float]:
 def open_project(dataset: str, root: Path, args: argparse.Namespace) -> kar.Project:
     if dataset == "demo-oracle":
         return demo_oracle_project(root, args.user_knowledge)
-    if dataset == "ml-100k":
-        return smollm2_project(root)
+    if dataset in ("ml-100k", "ml-1m"):
+        return smollm2_project(root, dataset)
     if dataset == "ml-100k-facts":
         return movielens_facts_project(root, args.data)
     raise SystemExit(f"unknown dataset {dataset!r}: use {', '.join(DEFAULT_PROJECTS)}")
@@ -779,7 +783,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--dataset", default="demo-oracle", help="demo-oracle, ml-100k, ml-100k-facts"
+        "--dataset", default="demo-oracle", help="demo-oracle, ml-100k, ml-100k-facts, ml-1m"
     )
     parser.add_argument("--project", type=Path, help="the project folder (one dataset only)")
     parser.add_argument("--data", type=Path, default=ML100K, help="MovieLens 100K folder")

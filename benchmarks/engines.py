@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (transformers)")
     parser.add_argument("--no-vllm-ngram", action="store_true")
     parser.add_argument("--no-transformers", action="store_true", help="skip its rows")
@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--demo", action="store_true", help="the quickstart demo's prompts")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM without compiling")
     parser.add_argument(
-        "--no-batched", action="store_true", help="skip the 'vllm kar, batches' row"
+        "--no-batched",
+        action="store_true",
+        help="skip the rows in batches of --batch-size ('vllm bare', 'vllm kar, batches')",
     )
     args = parser.parse_args()
 
@@ -80,6 +82,7 @@ def main() -> None:
 
     from kar.data import load_movielens, make_time_split
     from kar.generation import KnowledgeStore, TransformersBackend, generate_knowledge
+    from kar.generation.precision import resolve_dtype
     from kar.generation.vllm_backend import VLLMBackend, vllm_available
     from kar.prompts import Scenario, build_item_prompts, build_user_prompts
     from kar.records import KIND_ITEM, KIND_USER
@@ -166,7 +169,8 @@ def main() -> None:
         f"{torch.__version__}; {len(prompts.get(KIND_USER, []))} user + "
         f"{len(prompts.get(KIND_ITEM, []))} item prompts{' (quickstart demo)' if args.demo else ''}"
         f", batch {args.batch_size}, max_new_tokens "
-        f"{ {k: p.max_new_tokens for k, p in params.items()} }, greedy, {args.dtype}; "
+        f"{ {k: p.max_new_tokens for k, p in params.items()} }, greedy, "
+        f"{resolve_dtype(args.dtype)} (--dtype {args.dtype}); "
         f"transformers on {args.threads} torch thread(s), vLLM on all cores"
     )
     print("command: python benchmarks/engines.py " + " ".join(sys.argv[1:]), flush=True)
@@ -209,7 +213,8 @@ def main() -> None:
         engine.llm.chat([[dict(m) for m in c] for c in batch], sampling[kind], use_tqdm=False)
     for r in range(args.rounds):
         print(f"round {r + 1}: vLLM {vllm.__version__}", flush=True)
-        best("vllm bare", bare_vllm)
+        if not args.no_batched:
+            best("vllm bare", bare_vllm)
         best("vllm bare, one call", bare_vllm_one_call)
         best("vllm kar", lambda: through_kar(engine))
         if not args.no_batched:

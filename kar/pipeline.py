@@ -649,6 +649,7 @@ def run_evaluate(
             tune=tr.tune,
             runs_file=project.evaluate_runs_path,
             cold_threshold=tr.cold_threshold,
+            workers=tr.evaluation_workers(),
             **_evaluation_kwargs(project),
         )
         md, png = write_report(

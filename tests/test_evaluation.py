@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import numpy as np
@@ -275,3 +276,37 @@ def test_runs_logged_without_ungated_metrics_are_marked_missing(features, tmp_pa
     # a results frame from before the ungated columns existed summarises as well
     older = again.drop(*ungated)
     assert summarize(older).filter(pl.col("arm") == "shuffled (ungated)")["auc_mean"][0] is None
+
+
+def test_backbones_in_worker_processes_give_one_process_rows(features, tmp_path, monkeypatch):
+    """``workers=2``: backbones and seeds train in spawned processes sharing the run log
+    (the later seeds reading the first seed's choices back from it); the rows equal one
+    process's, and this process trains nothing."""
+    common = {"model_config": {**CONFIG, "max_epochs": 1}, "progress": False, "tune": True,
+              "grid": [{"lr": 1e-2}], "arms": ("none", "knowledge")}  # fmt: skip
+    alone = compare(features, ("deepfm", "dcnv2"), (0, 1), **common,
+                    runs_file=tmp_path / "alone.jsonl")  # fmt: skip
+
+    import kar.models.train as train
+
+    def must_not_train_here(*args, **kwargs):
+        raise AssertionError("the parent process trained a backbone")
+
+    monkeypatch.setattr(train, "train_ctr", must_not_train_here)
+    shared = tmp_path / "workers.jsonl"
+    workers = compare(features, ("deepfm", "dcnv2"), (0, 1), **common, runs_file=shared,
+                      workers=2)  # fmt: skip
+    key = ["backbone", "arm", "seed"]
+    timeless = [c for c in alone.columns if c != "seconds_per_epoch"]
+    assert workers.select(timeless).sort(key).equals(alone.select(timeless).sort(key))
+    logged = {json.loads(line)["backbone"] for line in shared.read_text().splitlines()}
+    assert logged == {"deepfm", "dcnv2"}
+
+
+def test_eval_workers_setting():
+    from kar.project import TrainingSettings
+
+    assert TrainingSettings(eval_workers=3).evaluation_workers() == 3
+    assert TrainingSettings().evaluation_workers() >= 1  # auto: the usable cores
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainingSettings(eval_workers=0)

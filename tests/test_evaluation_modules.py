@@ -24,7 +24,7 @@ def test_evaluation_re_exports_the_split_modules() -> None:
 
 
 def test_settings_fields_follow_compares_former_arguments() -> None:
-    """Positional order as ``compare``'s former signature; the last five keyword-only."""
+    """Positional order as ``compare``'s former signature; the later fields keyword-only."""
     s = CompareSettings(("din",), (3,), None, {"lr": 1.0}, False, True, None, None, "d", "k")
     assert (s.backbones, s.seeds, s.model_config, s.progress, s.tune) == (
         ("din",), (3,), {"lr": 1.0}, False, True
@@ -33,7 +33,9 @@ def test_settings_fields_follow_compares_former_arguments() -> None:
     with pytest.raises(TypeError):
         CompareSettings(("din",), (3,), None, None, False, True, None, None, "d", "k", None)
     kw_only = {f.name for f in dataclasses.fields(CompareSettings) if f.kw_only}
-    assert kw_only == {"model_configs", "arms", "warm_start", "cold_threshold", "shuffle_seed"}
+    assert kw_only == {
+        "model_configs", "arms", "warm_start", "cold_threshold", "shuffle_seed", "workers"
+    }  # fmt: skip
     with_own = CompareSettings(model_config={"lr": 1.0, "dropout": 0.1},
                                model_configs={"din": {"lr": 2.0}})  # fmt: skip
     assert with_own.base_config("din") == {"lr": 2.0, "dropout": 0.1}

@@ -38,13 +38,14 @@ def test_bad_settings_name_the_field(tmp_path) -> None:
 
 
 def test_store_ids() -> None:
-    assert backend_model_name(settings()) == "smollm2-135m-instruct@bfloat16"
+    assert backend_model_name(settings(dtype="bfloat16")) == "smollm2-135m-instruct@bfloat16"
     assert backend_model_name(settings(backend="vllm", dtype="float32")) == (
         "smollm2-135m-instruct@float32"
     )
-    exact = settings(speculative={"mode": "exact"})
+    exact = settings(dtype="bfloat16", speculative={"mode": "exact"})
     assert backend_model_name(exact) == "smollm2-135m-instruct@bfloat16"  # same output
-    relaxed = settings(speculative={"mode": "relaxed", "top_k": 5, "min_prob": 0.05})
+    spec = {"mode": "relaxed", "top_k": 5, "min_prob": 0.05}
+    relaxed = settings(dtype="bfloat16", speculative=spec)
     assert backend_model_name(relaxed) == "smollm2-135m-instruct@bfloat16+spec-relaxed(k=5,p=0.05)"
 
 

@@ -34,7 +34,8 @@ def test_generate_answers_each_prompt_once_and_resumes(project, generated) -> No
     assert all(r.llm_calls >= 6 for r in generated.values())
     answers = project.store.answers(status=None)
     assert answers.group_by("entity_type").len().sort("entity_type")["len"].to_list() == [6, 6]
-    assert set(answers["model"]) == {"smollm2-135m-instruct@bfloat16"}
+    dtype = project.settings.generation.dtype  # auto: the machine's (kar.generation.precision)
+    assert set(answers["model"]) == {f"smollm2-135m-instruct@{dtype}"}
     rerun = project.generate(limit=6, progress=False)
     assert [r.llm_calls for r in rerun.values()] == [0, 0]
     items_only = project.generate(limit=6, kinds={"item_fact"}, progress=False)
@@ -72,7 +73,8 @@ def test_publish_then_read_back_online_and_offline(project: kar.Project, trained
 
     views = {v["name"]: v for v in list_knowledge_views(project.feature_repo)}
     assert set(views) >= {"user_knowledge", "item_knowledge"}
-    assert views["user_knowledge"]["tags"]["kar.llm"] == "smollm2-135m-instruct@bfloat16"
+    dtype = project.settings.generation.dtype
+    assert views["user_knowledge"]["tags"]["kar.llm"] == f"smollm2-135m-instruct@{dtype}"
 
     user_id = users["entity_id"][0]
     item_ids = [items["entity_id"][1], "no-such-item", items["entity_id"][0]]

@@ -75,7 +75,8 @@ def test_kar_generate_hands_the_to_do_list_to_the_ray_backend(tmp_path: Path) ->
     backend = lazy.load()
     assert isinstance(backend, RayBackend) and isinstance(backend, StreamingBackend)
     assert (backend.concurrency, backend.batch_size, backend.address) == (2, 8, None)
-    assert lazy.model_name == backend.model_name == "smollm2-135m-instruct@bfloat16"
+    dtype = folder.settings.generation.dtype  # auto: the machine's
+    assert lazy.model_name == backend.model_name == f"smollm2-135m-instruct@{dtype}"
 
 
 @pytest.fixture(scope="module")

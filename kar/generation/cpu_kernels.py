@@ -42,6 +42,15 @@ def packed_linear_available() -> bool:
     )
 
 
+def packed_dtypes() -> tuple[torch.dtype, ...]:
+    """The weight dtypes oneDNN packs on this CPU: float32, and bfloat16 where it has the
+    instructions for it (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; without them oneDNN refuses
+    to reorder a bfloat16 weight, and such layers stay PyTorch's)."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    bf16 = bool(supported()) if supported is not None else False
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+
+
 class PackedLinear(torch.nn.Module):
     """``nn.Linear`` for inference on a CPU, over a weight reordered once by oneDNN.
 
@@ -72,19 +81,19 @@ class PackedLinear(torch.nn.Module):
 
 
 def pack_linear_weights(model: Any, rows_hint: int = PACK_ROWS_HINT) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (on the CPU, float32 or bfloat16) by its
-    prepacked counterpart, in place. Returns how many were replaced (0 where the ops are
+    """Replace every ``nn.Linear`` of ``model`` (on the CPU, of a dtype in :func:`packed_dtypes`)
+    by its prepacked counterpart, in place. Returns how many were replaced (0 where the ops are
     missing). For inference only: the packed copies do not train."""
     if not packed_linear_available():
         log.info("oneDNN prepacked linear ops not available; model left as it is")
         return 0
-    replaced = 0
+    replaced, dtypes = 0, packed_dtypes()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if (
                 isinstance(child, torch.nn.Linear)
                 and child.weight.device.type == "cpu"
-                and child.weight.dtype in (torch.float32, torch.bfloat16)
+                and child.weight.dtype in dtypes
             ):
                 setattr(parent, name, PackedLinear(child, rows_hint))
                 replaced += 1

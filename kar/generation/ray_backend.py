@@ -113,7 +113,7 @@ class RayBackend(StreamsInRounds):
     def __init__(
         self,
         model: str | Path | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         *,
         address: str | None = None,
         concurrency: int = 1,
@@ -137,6 +137,9 @@ class RayBackend(StreamsInRounds):
         ):
             if value < 1:
                 raise ConfigError(f"generation.ray.{field} must be >= 1, got {value}")
+        from kar.generation.precision import resolve_dtype
+
+        dtype = resolve_dtype(dtype)
         self.path = resolve_model(model)
         self.model_name = model_name or model_name_for(model, dtype)  # type: ignore[arg-type]
         self.address = address

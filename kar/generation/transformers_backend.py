@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Dtype = Literal["bfloat16", "float32"]
+Dtype = Literal["auto", "bfloat16", "float32"]
 
 
 class TransformersBackend:
@@ -33,7 +33,7 @@ class TransformersBackend:
     def __init__(
         self,
         model: str | Path | None = None,
-        dtype: Dtype = "bfloat16",
+        dtype: Dtype = "auto",
         threads: int = 1,
         device: str = "cpu",
         model_name: str | None = None,
@@ -42,8 +42,12 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype not in ("bfloat16", "float32"):
-            raise ConfigError(f"dtype must be 'bfloat16' or 'float32', got {dtype!r}")
+        from kar.generation.precision import resolve_dtype
+
+        try:
+            dtype = resolve_dtype(dtype)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)

@@ -69,16 +69,17 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class CompareSettings:
     """What :func:`compare` runs and how. The fields, in order, are :func:`compare`'s
-    former arguments (the last five keyword-only).
+    former arguments (the last ones keyword-only).
 
     ``model_config`` applies to every backbone, ``model_configs[backbone]`` on top of it
     (kar.yaml's ``training.model_config``). ``tune``: choose each backbone's configuration
     from ``grid`` (default :data:`TUNING_GRID`) on validation AUC at the first seed without
     knowledge (see :func:`choose_config`); all arms use it. ``runs_file``: a :class:`RunLog`
     of finished runs, skipped on a rerun (the no-knowledge models are kept beside it for
-    the warm starts). ``fingerprint`` names the features every arm trains on (data, split,
-    history) and ``knowledge_fingerprint`` the knowledge vectors: new vectors retrain the
-    knowledge arms and reuse the others."""
+    the warm starts); with it, ``workers`` > 1 trains that many backbones at once, each in
+    its own process on one torch thread (:func:`compare_in_workers`). ``fingerprint`` names
+    the features every arm trains on (data, split, history) and ``knowledge_fingerprint``
+    the knowledge vectors: new vectors retrain the knowledge arms and reuse the others."""
 
     backbones: Sequence[str] = ("deepfm", "din")
     seeds: Sequence[int] = (0, 1, 2)
@@ -96,6 +97,7 @@ class CompareSettings:
     warm_start: bool = True
     cold_threshold: int = 5
     shuffle_seed: int = 0
+    workers: int = 1
 
     def base_config(self, backbone: str) -> dict[str, Any]:
         """``model_config`` with ``model_configs[backbone]`` on top."""
@@ -124,7 +126,43 @@ def compare(
         settings = CompareSettings(*args, **kwargs)
     elif args or kwargs:
         raise TypeError("compare takes settings or the settings' fields, not both")
+    units = len(settings.backbones) * len(settings.seeds)
+    if settings.workers > 1 and units > 1 and settings.runs_file is not None:
+        compare_in_workers(features, settings)  # every run is logged: read back below
     return Comparison(features, settings).run()
+
+
+def compare_in_workers(features: CTRFeatures, settings: CompareSettings) -> None:
+    """Run :func:`compare` in ``settings.workers`` processes sharing the run log, which the
+    caller then reads: first each backbone's first seed (where it chooses its configuration
+    on validation), then, as each finishes, every other seed of that backbone on its own
+    (reading the choice back from the log). Rows equal one process's: training is seeded.
+    Spawned, not forked: the parent may hold a vLLM engine's threads. A worker's error is
+    raised here; Ctrl-C stops them all and the log keeps what finished."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from dataclasses import replace
+
+    first, rest = tuple(settings.seeds[:1]), tuple(settings.seeds[1:])
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(settings.workers, mp_context=context) as pool:
+
+        def submit(backbone: str, seeds: tuple[int, ...]) -> Any:
+            one = replace(settings, backbones=(backbone,), seeds=seeds, workers=1)
+            return pool.submit(compare, features, settings=one)
+
+        running = {submit(b, first): (b, True) for b in settings.backbones}
+        try:
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for job in done:
+                    backbone, was_first = running.pop(job)
+                    job.result()
+                    if was_first:
+                        running.update({submit(backbone, (s,)): (backbone, False) for s in rest})
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def run_fingerprints(
@@ -226,10 +264,22 @@ class Comparison:
     def run(self) -> pl.DataFrame:
         """Every backbone, seed and arm; the logged runs are read back, not trained."""
         for backbone in self.settings.backbones:
-            choices = BackboneChoices(self.settings.base_config(backbone))
+            choices = self.logged_choices(backbone)
             for seed in self.settings.seeds:
                 self.run_seed(backbone, seed, choices)
         return pl.DataFrame(self.rows, schema=RESULT_SCHEMA)
+
+    def logged_choices(self, backbone: str) -> BackboneChoices:
+        """What ``backbone`` chose on validation in logged runs (with ``tune``; a run of
+        later seeds alone reuses it): the point without knowledge and each arm's."""
+        choices = BackboneChoices(self.settings.base_config(backbone))
+        if self.settings.tune:
+            choices.point = self.log.config_of(backbone, "none")
+            for arm in self.knowledge_arms:
+                point = self.log.config_of(backbone, arm)
+                if point is not None:
+                    choices.arm_points[arm] = point
+        return choices
 
     def run_seed(self, backbone: str, seed: int, choices: BackboneChoices) -> None:
         """One seed of ``backbone``: the model without knowledge, then each knowledge arm."""

@@ -82,7 +82,7 @@ class TransformersRanker:
         self,
         model: str | Path | None = None,
         *,
-        dtype: Dtype = "bfloat16",
+        dtype: Dtype = "auto",
         threads: int = 1,
         device: str = "cpu",
         batch_size: int = 8,

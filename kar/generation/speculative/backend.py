@@ -51,7 +51,7 @@ class SpeculativeTransformersBackend(TransformersBackend):
         pool: KnowledgePool | None = None,
         config: SpeculativeConfig | None = None,
         model: str | Path | None = None,
-        dtype: Dtype = "bfloat16",
+        dtype: Dtype = "auto",
         threads: int = 1,
         device: str = "cpu",
         model_name: str | None = None,
