@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kar.generation.precision import cpu_flags, native_bfloat16, resolve_dtype
+from kar.generation.precision import backend_dtype, cpu_flags, native_bfloat16, resolve_dtype
 
 ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx fma avx2\n"
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -38,6 +38,10 @@ def test_an_nvidia_gpu_gets_bfloat16_and_explicit_values_are_kept(tmp_path: Path
         assert resolve_dtype(dtype, cpuinfo(tmp_path, ZEN3), driver) == dtype
     with pytest.raises(ValueError, match="auto, bfloat16 or float32"):
         resolve_dtype("float16")
+    from kar.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="got 'float16'"):  # a backend's one-line error
+        backend_dtype("float16")
 
 
 def test_settings_resolve_auto_when_they_load(tmp_path: Path) -> None:

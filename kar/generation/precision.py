@@ -49,3 +49,13 @@ def resolve_dtype(dtype: str, cpuinfo: Path = CPUINFO, nvidia: Path = NVIDIA_DRI
     if dtype not in ("bfloat16", "float32"):
         raise ValueError(f"dtype must be auto, bfloat16 or float32, got {dtype!r}")
     return dtype  # type: ignore[return-value]
+
+
+def backend_dtype(dtype: str) -> Dtype:
+    """:func:`resolve_dtype` for a backend's constructor: a bad value is a ConfigError."""
+    from kar.errors import ConfigError
+
+    try:
+        return resolve_dtype(dtype)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -137,9 +137,9 @@ class RayBackend(StreamsInRounds):
         ):
             if value < 1:
                 raise ConfigError(f"generation.ray.{field} must be >= 1, got {value}")
-        from kar.generation.precision import resolve_dtype
+        from kar.generation.precision import backend_dtype
 
-        dtype = resolve_dtype(dtype)
+        dtype = backend_dtype(dtype)
         self.path = resolve_model(model)
         self.model_name = model_name or model_name_for(model, dtype)  # type: ignore[arg-type]
         self.address = address

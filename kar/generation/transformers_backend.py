@@ -42,12 +42,9 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from kar.generation.precision import resolve_dtype
+        from kar.generation.precision import backend_dtype
 
-        try:
-            dtype = resolve_dtype(dtype)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        dtype = backend_dtype(dtype)
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)

@@ -187,9 +187,9 @@ class VLLMBackend(StreamsInRounds):
             _guard_kernel_scan()
         from vllm import LLM
 
-        from kar.generation.precision import resolve_dtype
+        from kar.generation.precision import backend_dtype
 
-        dtype = resolve_dtype(dtype)
+        dtype = backend_dtype(dtype)
         self.path = resolve_model(model)
         self.model_name = model_name or model_name_for(model, dtype)  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {
@@ -247,9 +247,17 @@ class VLLMBackend(StreamsInRounds):
         window = KVWindow(self.kv_cache_blocks(), self.block_size())
         todo = deque(requests)
         running: dict[str, tuple[int, int]] = {}  # request id -> (i, KV blocks reserved)
+        sizes: dict[int, int] = {}  # request i -> its tokens (a waiting head is asked each step)
+
+        def tokens(request: tuple[int, SamplingParams]) -> int:
+            i, params = request
+            if i not in sizes:
+                sizes[i] = self.tokens_needed(chats[i], params)
+            return sizes[i]
+
         try:
             while todo or running:
-                admitted = window.admit(todo, lambda r: self.tokens_needed(chats[r[0]], r[1]))
+                admitted = window.admit(todo, tokens)
                 if admitted:
                     running.update(self.enqueue(chats, admitted))
                 try:

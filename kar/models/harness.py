@@ -76,10 +76,11 @@ class CompareSettings:
     from ``grid`` (default :data:`TUNING_GRID`) on validation AUC at the first seed without
     knowledge (see :func:`choose_config`); all arms use it. ``runs_file``: a :class:`RunLog`
     of finished runs, skipped on a rerun (the no-knowledge models are kept beside it for
-    the warm starts); with it, ``workers`` > 1 trains that many backbones at once, each in
-    its own process on one torch thread (:func:`compare_in_workers`). ``fingerprint`` names
-    the features every arm trains on (data, split, history) and ``knowledge_fingerprint``
-    the knowledge vectors: new vectors retrain the knowledge arms and reuse the others."""
+    the warm starts); with it, ``workers`` > 1 trains that many (backbone, seed) runs at
+    once, each in a process of its own on one torch thread (:func:`compare_in_workers`).
+    ``fingerprint`` names the features every arm trains on (data, split, history) and
+    ``knowledge_fingerprint`` the knowledge vectors: new vectors retrain the knowledge arms
+    and reuse the others."""
 
     backbones: Sequence[str] = ("deepfm", "din")
     seeds: Sequence[int] = (0, 1, 2)
@@ -145,11 +146,13 @@ def compare_in_workers(features: CTRFeatures, settings: CompareSettings) -> None
 
     first, rest = tuple(settings.seeds[:1]), tuple(settings.seeds[1:])
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(settings.workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        settings.workers, mp_context=context, initializer=_hold_features, initargs=(features,)
+    ) as pool:  # the features go to each process once, not with every job
 
         def submit(backbone: str, seeds: tuple[int, ...]) -> Any:
             one = replace(settings, backbones=(backbone,), seeds=seeds, workers=1)
-            return pool.submit(compare, features, settings=one)
+            return pool.submit(_compare_held, one)
 
         running = {submit(b, first): (b, True) for b in settings.backbones}
         try:
@@ -163,6 +166,17 @@ def compare_in_workers(features: CTRFeatures, settings: CompareSettings) -> None
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+_HELD_FEATURES: list[CTRFeatures] = []  # a worker process's features (compare_in_workers)
+
+
+def _hold_features(features: CTRFeatures) -> None:
+    _HELD_FEATURES[:] = [features]
+
+
+def _compare_held(settings: CompareSettings) -> pl.DataFrame:
+    return compare(_HELD_FEATURES[0], settings=settings)
 
 
 def run_fingerprints(
