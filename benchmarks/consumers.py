@@ -39,6 +39,9 @@ Wide&Deep), ``gbdt`` (scikit-learn HistGradientBoosting; no joint arm), ``kar_<b
 (kar's own backbones trained from scratch, the vectors as frozen inputs of the user and
 target item). Each (consumer, arm) picks its configuration from a tiny grid on the first
 seed's validation AUC, every run stops early on validation, the test split is read once.
+DeepCTR-Torch's DeepFM also chooses there how its knowledge arms read the vectors: as one dense
+input of the deep tower (``dense``) or as two more embedding fields the FM crosses with the ids
+(``fields``, examples/joint_deepctr.py).
 Prints how it ran, one table per dataset, and last the line
 ``consumers_above_shuffled: N/M consumer_gain_mean: X.XX% adaptor_vs_pca: +X.XX%``.
 """
@@ -355,6 +358,7 @@ def knowledge_input(
     split (user, item); ``joint``: kar's adaptor over the raw encodings, fresh from the
     project's experts/*.yaml or kar train's (``point["adaptor"]``)."""
     from kar.adaptor import KnowledgeInput, build_module, load_module
+    from kar.models.tuning import adaptor_of
 
     columns = data.arm(arm, seed)
     if columns is None:
@@ -367,7 +371,8 @@ def knowledge_input(
             adaptor = load_module(data.adaptor_dir)
         else:
             fit_on = (user.table, item.table)
-            adaptor = build_module(data.adaptor_config, user.table.shape[1], fit_on=fit_on)
+            config = adaptor_of(point, data.adaptor_config)  # standardize from the grid
+            adaptor = build_module(config, user.table.shape[1], fit_on=fit_on)
     rows = {s: (user.rows[s], item.rows[s]) for s in SPLITS}
     return KnowledgeInput(user.table, item.table, adaptor), rows
 
@@ -386,12 +391,16 @@ def fit_torch(
     tensors = {s: batch_tensors(f, s, *rows[s]) for s in SPLITS}
     n_counters = tensors["train"]["counters"].shape[1]
     if consumer == "deepctr_deepfm":
-        model = DeepFMConsumer(f.n_users + 1, f.n_items + 1, n_counters, knowledge, seed=seed)
+        model = DeepFMConsumer(
+            f.n_users + 1, f.n_items + 1, n_counters, knowledge,
+            knowledge_as=point.get("knowledge_as", "dense"), seed=seed,
+        )  # fmt: skip
     else:
         model = rechub_model(f.n_users + 1, f.n_items + 1, n_counters, knowledge)
     result = fit(
         model, tensors["train"], tensors["valid"], lr=point["lr"], batch_size=data.batch_size,
         max_epochs=data.max_epochs, seed=seed,
+        knowledge_lr_scale=point.get("knowledge_lr_scale", 1.0),
     )  # fmt: skip
     return Fitted(result.valid_auc, result.best_epoch, lambda: predict(model, tensors["test"]))
 
@@ -490,10 +499,15 @@ def grid(consumer: str, arm: str, quick: bool) -> list[dict[str, Any]]:
     else:
         points = [{"lr": 1e-3}, {"lr": 3e-3}]
         if arm == "joint" and consumer in ("deepctr_deepfm", "rechub_widedeep"):
-            points = [{**p, "adaptor": a} for a in ("fresh", "trained") for p in points]
+            # kar train's adaptor, or a fresh one on the raw or the z-scored encodings
+            starts = ({"adaptor": "fresh"}, {"adaptor": "fresh", "standardize": True},
+                      {"adaptor": "trained"})  # fmt: skip
+            points = [{**p, **a} for a in starts for p in points]
         elif arm == "joint":  # kar's own joint arm: input standardisation chosen too, as
             # `kar train` / `kar evaluate` choose it (kar.models.tuning.KNOWLEDGE_GRID)
             points = [{**p, "standardize": z} for z in (False, True) for p in points]
+        if consumer == "deepctr_deepfm" and arm not in ("none", "affinity", "shuffled_affinity"):
+            points = [{**p, "knowledge_as": k} for k in ("dense", "fields") for p in points]
     return points[:1] if quick else points
 
 
@@ -586,7 +600,9 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
             .then(pl.col("auc") / pl.col("_none_auc") - 1)
             .alias("vs_none"),
             pl.when(knowledge).then(pl.col("auc") / pl.col("_shuf_auc") - 1).alias("vs_shuffled"),
-            pl.when(knowledge).then(pl.col("auc") - floor > spread).alias("counts"),
+            pl.when(knowledge & pl.col("_shuf_auc").is_not_null())  # no control, no ✓
+            .then(pl.col("auc") - floor > spread)
+            .alias("counts"),
             pl.when(knowledge)
             .then(pl.col("auc") - pl.col("_shuf_auc") > pl.max_horizontal("std", "_shuf_std"))
             .alias("above_shuffled"),
@@ -634,11 +650,14 @@ def headline(summary: pl.DataFrame) -> str:
         clean = values.drop_nulls().drop_nans()
         return float(clean.mean()) if len(clean) else math.nan  # type: ignore[arg-type]
 
+    def pct(value: float, sign: str = "") -> str:
+        return "n/a" if math.isnan(value) else f"{100 * value:{sign}.2f}%"
+
     gain = mean(published["vs_none"])
     vs_pca = mean(paired["auc"] / paired["_pca"] - 1) if paired.height else math.nan
     return (
         f"consumers_above_shuffled: {above}/{compared.height} "
-        f"consumer_gain_mean: {100 * gain:.2f}% adaptor_vs_pca: {100 * vs_pca:+.2f}%"
+        f"consumer_gain_mean: {pct(gain)} adaptor_vs_pca: {pct(vs_pca, '+')}"
     )
 
 

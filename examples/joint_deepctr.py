@@ -124,9 +124,29 @@ def batch_tensors(
     }
 
 
+class KnowledgeFields(nn.Module):
+    """The user and item halves of a knowledge input, each mapped to one embedding field:
+    ``(B, 2 * d) -> (B, 2, embedding_dim)``, so the FM crosses them with every other field
+    (the way kar's own DeepFM reads knowledge)."""
+
+    def __init__(self, in_dim: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.user = nn.Linear(in_dim // 2, embedding_dim)
+        self.item = nn.Linear(in_dim // 2, embedding_dim)
+
+    def forward(self, knowledge: torch.Tensor) -> torch.Tensor:
+        user, item = knowledge.chunk(2, dim=-1)
+        return torch.stack([self.user(user), self.item(item)], dim=1)
+
+
 class DeepFMConsumer(nn.Module):
     """DeepCTR-Torch's DeepFM over user id, item id, the counters and (optionally) kar's
-    knowledge as one more dense field; ``forward(batch)`` returns click probabilities."""
+    knowledge; ``forward(batch)`` returns click probabilities.
+
+    ``knowledge_as``: ``dense`` feeds the knowledge to the deep tower as one dense input
+    (DeepCTR's DenseFeat: the FM never sees it); ``fields`` maps the user and the item side to
+    two more embedding fields (:class:`KnowledgeFields`) that the FM crosses with the ids and
+    the deep tower reads."""
 
     def __init__(
         self,
@@ -135,6 +155,7 @@ class DeepFMConsumer(nn.Module):
         n_counters: int,
         knowledge: KnowledgeInput | None = None,
         *,
+        knowledge_as: str = "dense",
         embedding_dim: int = 16,
         hidden: tuple[int, ...] = (128, 64),
         dropout: float = 0.1,
@@ -144,23 +165,44 @@ class DeepFMConsumer(nn.Module):
         from deepctr_torch.inputs import DenseFeat, SparseFeat
         from deepctr_torch.models import DeepFM
 
+        if knowledge_as not in ("dense", "fields"):
+            raise ValueError(f"knowledge_as: dense or fields, not {knowledge_as!r}")
         columns = [
             SparseFeat("user", n_users, embedding_dim=embedding_dim),
             SparseFeat("item", n_items, embedding_dim=embedding_dim),
             DenseFeat("counters", n_counters),
         ]
-        if knowledge is not None:
-            columns.append(DenseFeat("knowledge", knowledge.out_dim))
         self.knowledge = knowledge
+        self.fields: KnowledgeFields | None = None
+        if knowledge is not None and knowledge_as == "fields":
+            self.fields = KnowledgeFields(knowledge.out_dim, embedding_dim)
+            columns.append(DenseFeat("knowledge", 2 * embedding_dim))
+        elif knowledge is not None:
+            columns.append(DenseFeat("knowledge", knowledge.out_dim))
         self.deepfm = DeepFM(
             columns, columns, dnn_hidden_units=hidden, dnn_dropout=dropout, seed=seed
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [batch["user"].float()[:, None], batch["item"].float()[:, None], batch["counters"]]
-        if self.knowledge is not None:
-            parts.append(self.knowledge(batch["user_k"], batch["item_k"]))
-        return self.deepfm(torch.cat(parts, dim=1)).squeeze(-1)
+        if self.knowledge is None:
+            return self.deepfm(torch.cat(parts, dim=1)).squeeze(-1)
+        knowledge = self.knowledge(batch["user_k"], batch["item_k"])
+        if self.fields is None:
+            return self.deepfm(torch.cat([*parts, knowledge], dim=1)).squeeze(-1)
+        fields = self.fields(knowledge)
+        return self._with_fields(torch.cat([*parts, fields.flatten(1)], dim=1), fields)
+
+    def _with_fields(self, x: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+        """DeepCTR's DeepFM forward with the knowledge fields joining the FM's fields (the
+        deep tower reads them as the dense input ``knowledge``)."""
+        from deepctr_torch.inputs import combined_dnn_input
+
+        m = self.deepfm
+        sparse, dense = m.input_from_feature_columns(x, m.dnn_feature_columns, m.embedding_dict)
+        logit = m.linear_model(x) + m.fm(torch.cat([*sparse, fields], dim=1))
+        logit = logit + m.dnn_linear(m.dnn(combined_dnn_input(sparse, dense)))
+        return m.out(logit).squeeze(-1)
 
     def extra_loss(self) -> torch.Tensor:
         """DeepCTR's L2 terms (embeddings, linear part)."""
@@ -195,13 +237,20 @@ def fit(
     max_epochs: int = 10,
     patience: int = 2,
     seed: int = 0,
+    knowledge_lr_scale: float = 1.0,
 ) -> FitResult:
     """Plain PyTorch: Adam on the binary cross-entropy (+ the model's ``extra_loss``), every
-    parameter trained together (the adaptor's too); early stopping on validation AUC, the
-    best epoch's weights restored."""
+    parameter trained together (the adaptor's too, at ``lr * knowledge_lr_scale``: the
+    model's ``knowledge`` module); early stopping on validation AUC, the best epoch's weights
+    restored."""
     from kar.models.metrics import auc
 
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    knowledge = getattr(model, "knowledge", None)
+    own = {id(p) for p in knowledge.parameters()} if knowledge is not None else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in own], "lr": lr}]
+    if own:
+        groups.append({"params": list(knowledge.parameters()), "lr": lr * knowledge_lr_scale})
+    optimiser = torch.optim.Adam(groups, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     labels = valid["label"].numpy()
     best = (auc(labels, predict(model, valid)), 0, copy.deepcopy(model.state_dict()))
@@ -243,8 +292,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("project", type=Path)
     parser.add_argument("--adaptor", default="fresh", help="fresh (experts/hea.yaml) | trained")
+    parser.add_argument(
+        "--knowledge-as", default="fields", help="fields (FM fields) | dense (deep tower only)"
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--knowledge-lr-scale", type=float, default=1.0, help="adaptor lr x")
+    parser.add_argument(
+        "--standardize", action=argparse.BooleanOptionalAction, default=True,
+        help="fresh adaptor: z-score its inputs over the entities (default)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1024)
     args = parser.parse_args()
     set_seed(0)  # one torch thread
@@ -258,16 +315,21 @@ def main() -> None:
         adaptor = load_module(project.folder.adaptor_dir)
     else:
         config = adaptor_config(project.folder)  # kar.yaml's training.adaptor (experts/hea.yaml)
+        if args.standardize:
+            config = config.model_copy(update={"standardize": True})
         adaptor = build_module(config, user_table.shape[1], fit_on=(user_table, item_table))
     features = CTRFeatures.build(project.dataset, project.split)  # ids + counters
     in_split = {s: (rows["split"] == s).to_numpy() for s in SPLITS}
     data = {s: batch_tensors(features, s, user_rows[m], item_rows[m]) for s, m in in_split.items()}
     knowledge = KnowledgeInput(user_table, item_table, adaptor)  # 3. the adaptor, joint
     n_counters = data["train"]["counters"].shape[1]
-    model = DeepFMConsumer(features.n_users + 1, features.n_items + 1, n_counters, knowledge)
+    model = DeepFMConsumer(
+        features.n_users + 1, features.n_items + 1, n_counters, knowledge,
+        knowledge_as=args.knowledge_as,
+    )  # fmt: skip
     result = fit(
         model, data["train"], data["valid"], lr=args.lr, batch_size=args.batch_size,
-        max_epochs=args.epochs,
+        max_epochs=args.epochs, knowledge_lr_scale=args.knowledge_lr_scale,
     )  # fmt: skip
     test_auc = auc(data["test"]["label"].numpy(), predict(model, data["test"]))
     print(f"features: {', '.join(refs)} ({frame.height} rows through Feast)")

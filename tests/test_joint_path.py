@@ -57,11 +57,13 @@ def toy() -> dict:
     }
 
 
-def _model(example, toy: dict, adaptor) -> torch.nn.Module:
+def _model(example, toy: dict, adaptor, knowledge_as: str = "dense") -> torch.nn.Module:
     torch.manual_seed(0)
     knowledge = KnowledgeInput(*toy["tables"], adaptor)
     f = toy["features"]
-    return example.DeepFMConsumer(f.n_users + 1, f.n_items + 1, 4, knowledge, hidden=(32,))
+    return example.DeepFMConsumer(
+        f.n_users + 1, f.n_items + 1, 4, knowledge, knowledge_as=knowledge_as, hidden=(32,)
+    )
 
 
 def _data(example, toy: dict) -> dict:
@@ -123,3 +125,52 @@ def test_load_module_gives_the_trained_adaptor_trainable(tmp_path: Path, toy: di
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in loaded.parameters())
     frozen = load_module(tmp_path / "adaptor", trainable=False)
     assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+
+
+@pytest.mark.parametrize("knowledge_as", ["dense", "fields"])
+def test_only_fields_mode_lets_the_fm_cross_knowledge(example, toy: dict, knowledge_as) -> None:
+    """With the deep tower's output and the linear part's dense weights at zero, what is left
+    is the FM: it reads the knowledge only when it enters as fields."""
+    model = _model(example, toy, None, knowledge_as).eval()
+    with torch.no_grad():
+        model.deepfm.dnn_linear.weight.zero_()
+        model.deepfm.linear_model.weight.zero_()
+    batch = {k: v[:64] for k, v in _data(example, toy)["train"].items()}
+    other = {**batch, "item_k": batch["item_k"].roll(1), "user_k": batch["user_k"].roll(3)}
+    with torch.no_grad():
+        moved = float((model(batch) - model(other)).abs().max())
+    assert moved > 1e-6 if knowledge_as == "fields" else moved == 0.0
+
+
+def test_fields_mode_trains_the_adaptor_jointly(example, toy: dict) -> None:
+    user_table, item_table = toy["tables"]
+    adaptor = build_module("hea", user_table.shape[1], fit_on=(user_table, item_table))
+    start = {k: v.clone() for k, v in adaptor.state_dict().items()}
+    model = _model(example, toy, adaptor, "fields")
+    data = _data(example, toy)
+    result = example.fit(model, data["train"], data["valid"], lr=3e-3, batch_size=128,
+                         max_epochs=4, patience=4)  # fmt: skip
+    assert result.losses[-1] < result.losses[0]
+    assert result.best_epoch >= 1 and result.valid_auc > 0.6
+    assert any(not torch.equal(v, start[n]) for n, v in adaptor.state_dict().items())
+
+
+def test_unknown_knowledge_mode_is_refused(example, toy: dict) -> None:
+    with pytest.raises(ValueError, match="knowledge_as"):
+        _model(example, toy, None, "sideways")
+
+
+def test_knowledge_lr_scale_reaches_the_adaptor_only(example, toy: dict) -> None:
+    """At scale 0 the adaptor keeps its start while the consumer's own weights train."""
+    user_table, item_table = toy["tables"]
+    adaptor = build_module("hea", user_table.shape[1], fit_on=(user_table, item_table))
+    model = _model(example, toy, adaptor, "fields")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _data(example, toy)
+    example.fit(model, data["train"], data["valid"], lr=3e-3, batch_size=256, max_epochs=1,
+                patience=1, knowledge_lr_scale=0.0)  # fmt: skip
+    trained = model.state_dict()
+    moved = {k for k, v in trained.items() if not torch.equal(v, start[k])}
+    assert not any(k.startswith("knowledge.") for k in moved)
+    assert any(k.startswith("deepfm.") for k in moved)
+    assert any(k.startswith("fields.") for k in moved)
