@@ -180,8 +180,11 @@ def main() -> None:
         f"--user-tokens {args.user_tokens} "
         f"--item-tokens {args.item_tokens} --backbones {args.backbones}"
         + (" --tune" if args.tune else "")
-        + (f" --collective {args.collective} --clusters {args.clusters}"
-           if args.collective != "individual" else "")
+        + (
+            f" --collective {args.collective} --clusters {args.clusters}"
+            if args.collective != "individual"
+            else ""
+        )
         + (" --evaluate-only" if args.evaluate_only else "")
         + (" --summary" if args.summary else "")
     )
@@ -219,7 +222,8 @@ def main() -> None:
             "Generation:",
             *gen_lines,
             f"- `{knowledge_line}` ({calls} LLM calls for {entities} users + items)"
-            if reports else "",
+            if reports
+            else "",
             "",
             "Wall time per stage (s): "
             + ", ".join(

@@ -596,7 +596,9 @@ def data_fingerprint(project: ProjectFolder) -> str:
 
     settings = project.settings
     named: list[object] = [
-        settings.split.model_dump(), settings.dataset.model_dump(), settings.training.history_len
+        settings.split.model_dump(),
+        settings.dataset.model_dump(),
+        settings.training.history_len,
     ]
     if settings.training.history_selection != "recent":  # recent: the fingerprints it had
         named.append(settings.training.history_selection)

@@ -159,9 +159,7 @@ def test_a_knowledge_grid_point_sets_start_lr_scale_and_standardisation(features
     assert adaptor_of(point, base).standardize and not base.standardize
     assert adaptor_of({"lr": 1e-2}, base) is base
 
-    result = train_at_point(
-        features, "deepfm", CONFIG, point, base, None, seed=0, warm_start=True
-    )
+    result = train_at_point(features, "deepfm", CONFIG, point, base, None, seed=0, warm_start=True)
     assert result.adaptor_config.standardize and result.model_config.knowledge_lr_scale == 5.0
     # the z-scoring statistics were fitted on the raw encodings (not left at 0 / 1)
     mean = result.adaptor.input_mean
