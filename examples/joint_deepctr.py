@@ -1,6 +1,7 @@
 """KAR's joint path with DeepCTR-Torch: kar's hybrid-expert adaptor inside your DeepFM.
 
     python examples/joint_deepctr.py PROJECT [--adaptor fresh|trained] [--epochs 10]
+        [--knowledge-as fields|dense] [--no-standardize] [--knowledge-lr-scale 1]
 
 PROJECT is a kar project that has run `kar encode` (and `kar train` for ``--adaptor
 trained``). What it does, in the order a user would:
@@ -13,8 +14,10 @@ trained``). What it does, in the order a user would:
    time): each sample gets the encodings that existed at its timestamp;
 3. puts kar's adaptor (:func:`kar.adaptor.build_module` from experts/hea.yaml, or
    :func:`kar.adaptor.load_module` of ``artifacts/adaptor``) into a DeepCTR-Torch DeepFM as
-   its knowledge input (:class:`kar.adaptor.KnowledgeInput`), and trains both together on
-   the CTR loss; epochs are chosen on validation AUC, the test split is read once.
+   its knowledge input (:class:`kar.adaptor.KnowledgeInput`): by default the user's and
+   the item's adapted vectors become two more FM fields (:class:`KnowledgeFields`), and a
+   fresh adaptor z-scores its inputs; it trains both together on the CTR loss; epochs are
+   chosen on validation AUC, the test split is read once.
 
 The same ``DeepFMConsumer`` without an adaptor reads kar's published 32-d vectors as fixed
 dense inputs (the frozen path). benchmarks/consumers.py runs both (docs/consumers.md).
@@ -293,14 +296,15 @@ def main() -> None:
     parser.add_argument("project", type=Path)
     parser.add_argument("--adaptor", default="fresh", help="fresh (experts/hea.yaml) | trained")
     parser.add_argument(
-        "--knowledge-as", default="fields", help="fields (FM fields) | dense (deep tower only)"
-    )
+        "--knowledge-as", default="fields", choices=["fields", "dense"],
+        help="fields: two FM fields (default); dense: one input of the deep tower only",
+    )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--knowledge-lr-scale", type=float, default=1.0, help="adaptor lr x")
     parser.add_argument(
         "--standardize", action=argparse.BooleanOptionalAction, default=True,
-        help="fresh adaptor: z-score its inputs over the entities (default)",
+        help="fresh adaptor: z-score its inputs over the entities (default: on)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1024)
     args = parser.parse_args()
@@ -315,8 +319,7 @@ def main() -> None:
         adaptor = load_module(project.folder.adaptor_dir)
     else:
         config = adaptor_config(project.folder)  # kar.yaml's training.adaptor (experts/hea.yaml)
-        if args.standardize:
-            config = config.model_copy(update={"standardize": True})
+        config = config.model_copy(update={"standardize": args.standardize})
         adaptor = build_module(config, user_table.shape[1], fit_on=(user_table, item_table))
     features = CTRFeatures.build(project.dataset, project.split)  # ids + counters
     in_split = {s: (rows["split"] == s).to_numpy() for s in SPLITS}
