@@ -83,6 +83,7 @@ DEFAULT_PROJECTS = {
 CONSUMERS = ("deepctr_deepfm", "rechub_widedeep", "gbdt", "kar_deepfm", "kar_din")
 AFFINITY_ARMS = ("published+affinity", "shuffled+affinity", "affinity", "shuffled_affinity")
 ARMS = ("none", "published", "shuffled", "pca", "joint", *AFFINITY_ARMS)
+VECTORLESS_ARMS = ("none", "affinity", "shuffled_affinity")  # no (user, item) vectors read
 KNOWLEDGE_ARMS = ("published", "pca", "joint", "published+affinity", "affinity")
 # each knowledge arm's control: the same input from vectors shuffled across entities
 CONTROLS = {"published+affinity": "shuffled+affinity", "affinity": "shuffled_affinity"}
@@ -202,7 +203,7 @@ class ConsumerData:
     def arm(self, arm: str, seed: int) -> tuple[KnowledgeColumn, KnowledgeColumn] | None:
         """The (user, item) vectors an arm reads (raw encodings for ``joint``)."""
         k = self.knowledge
-        if arm in ("none", "affinity", "shuffled_affinity"):
+        if arm in VECTORLESS_ARMS:
             return None
         if arm in ("published", "published+affinity"):
             return k["user"].standardized(), k["item"].standardized()
@@ -400,7 +401,6 @@ def fit_torch(
     result = fit(
         model, tensors["train"], tensors["valid"], lr=point["lr"], batch_size=data.batch_size,
         max_epochs=data.max_epochs, seed=seed,
-        knowledge_lr_scale=point.get("knowledge_lr_scale", 1.0),
     )  # fmt: skip
     return Fitted(result.valid_auc, result.best_epoch, lambda: predict(model, tensors["test"]))
 
@@ -506,7 +506,7 @@ def grid(consumer: str, arm: str, quick: bool) -> list[dict[str, Any]]:
         elif arm == "joint":  # kar's own joint arm: input standardisation chosen too, as
             # `kar train` / `kar evaluate` choose it (kar.models.tuning.KNOWLEDGE_GRID)
             points = [{**p, "standardize": z} for z in (False, True) for p in points]
-        if consumer == "deepctr_deepfm" and arm not in ("none", "affinity", "shuffled_affinity"):
+        if consumer == "deepctr_deepfm" and arm not in VECTORLESS_ARMS:
             points = [{**p, "knowledge_as": k} for k in ("dense", "fields") for p in points]
     return points[:1] if quick else points
 
@@ -614,8 +614,9 @@ def summarize(results: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None or math.isnan(value) else f"{100 * value:+.2f}%"
+def _pct(value: float | None, missing: str = "", sign: str = "+") -> str:
+    """``value`` as a signed percentage; ``missing`` where there is none (None or NaN)."""
+    return missing if value is None or math.isnan(value) else f"{100 * value:{sign}.2f}%"
 
 
 def markdown_table(summary: pl.DataFrame) -> str:
@@ -650,14 +651,11 @@ def headline(summary: pl.DataFrame) -> str:
         clean = values.drop_nulls().drop_nans()
         return float(clean.mean()) if len(clean) else math.nan  # type: ignore[arg-type]
 
-    def pct(value: float, sign: str = "") -> str:
-        return "n/a" if math.isnan(value) else f"{100 * value:{sign}.2f}%"
-
     gain = mean(published["vs_none"])
     vs_pca = mean(paired["auc"] / paired["_pca"] - 1) if paired.height else math.nan
     return (
         f"consumers_above_shuffled: {above}/{compared.height} "
-        f"consumer_gain_mean: {pct(gain)} adaptor_vs_pca: {pct(vs_pca, '+')}"
+        f"consumer_gain_mean: {_pct(gain, 'n/a', sign='')} adaptor_vs_pca: {_pct(vs_pca, 'n/a')}"
     )
 
 

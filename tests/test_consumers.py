@@ -157,3 +157,43 @@ def test_raw_encodings_are_valid_from_each_users_as_of(consumers, tmp_path: Path
     assert knowledge["user_raw"].rows["test"][-1] == -1  # before the user's as-of: none
     assert knowledge["user_raw"].table.shape[1] == 6
     assert set(RAW_FEATURES.values()) == {r.split(":")[1] for r in refs}
+
+
+def _runs(arms: dict[str, list[float]]) -> pl.DataFrame:
+    rows = [
+        {"dataset": "d", "consumer": "deepctr_deepfm", "arm": arm, "seed": seed,
+         "valid_auc": auc, "test_auc": auc, "best_epoch": 1, "config": "{}"}
+        for arm, aucs in arms.items() for seed, auc in enumerate(aucs)
+    ]  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def test_an_arm_without_its_control_gets_no_mark_and_the_headline_says_n_a(consumers) -> None:
+    summary = consumers.summarize(_runs({"none": [0.70, 0.70], "joint": [0.80, 0.80]}))
+    joint = summary.filter(pl.col("arm") == "joint").row(0, named=True)
+    assert joint["counts"] is None and joint["vs_shuffled"] is None
+    assert "✓" not in consumers.markdown_table(summary)
+    assert consumers.headline(summary) == (
+        "consumers_above_shuffled: 0/0 consumer_gain_mean: n/a adaptor_vs_pca: n/a"
+    )
+    with_control = _runs(
+        {"none": [0.70, 0.70], "published": [0.80, 0.80], "shuffled": [0.69, 0.69]}
+    )
+    summary = consumers.summarize(with_control)
+    assert "+14.29% | +15.94% ✓" in consumers.markdown_table(summary)
+    assert consumers.headline(summary).startswith(
+        "consumers_above_shuffled: 1/1 consumer_gain_mean: 14.29% adaptor_vs_pca: n/a"
+    )
+
+
+def test_deepctr_chooses_how_vectors_enter_only_where_an_arm_reads_vectors(consumers) -> None:
+    joint = consumers.grid("deepctr_deepfm", "joint", quick=False)
+    assert {p["knowledge_as"] for p in joint} == {"dense", "fields"}
+    assert {(p["adaptor"], p.get("standardize", False)) for p in joint} == {
+        ("fresh", False),
+        ("fresh", True),
+        ("trained", False),
+    }
+    for arm in consumers.VECTORLESS_ARMS:
+        assert all("knowledge_as" not in p for p in consumers.grid("deepctr_deepfm", arm, False))
+    assert all("knowledge_as" not in p for p in consumers.grid("rechub_widedeep", "joint", False))
